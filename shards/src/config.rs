@@ -1,0 +1,334 @@
+//! `config.toml`: parsed with unknown keys rejected, then validated once into [`ValidConfig`],
+//! which the rest of the runtime takes as proof that every limit is in range.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid TOML in {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("{key} = {value}: {why}")]
+    Invalid { key: &'static str, value: String, why: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Default, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub endpoints: Endpoints,
+    pub layout: Layout,
+    pub connections: Connections,
+    pub integrity: Integrity,
+    pub discovery: Discovery,
+    pub lifecycle: Lifecycle,
+    pub api: Api,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Endpoints {
+    pub gamma_url: String,
+    pub clob_url: String,
+    pub ws_url: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints {
+            gamma_url: "https://gamma-api.polymarket.com".into(),
+            clob_url: "https://clob.polymarket.com".into(),
+            ws_url: "wss://ws-subscriptions-clob.polymarket.com/ws/market".into(),
+        }
+    }
+}
+
+/// `"auto"` or an explicit list of CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum DataCores {
+    Auto(AutoWord),
+    List(Vec<usize>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Layout {
+    pub control_core: usize,
+    pub data_cores: DataCores,
+    pub io_memory_kib: usize,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { control_core: 0, data_cores: DataCores::Auto(AutoWord::Auto), io_memory_kib: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Connections {
+    pub tokens_per_conn_target: usize,
+    pub tokens_per_conn_max: usize,
+    pub ids_per_frame_max: usize,
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub data_silence_ms: u64,
+    pub first_book_timeout_ms: u64,
+    pub reconnect_delay_ms_min: u64,
+    pub reconnect_delay_ms_max: u64,
+    pub dynamic_subscribe: bool,
+    pub custom_features: bool,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            tokens_per_conn_target: 400,
+            tokens_per_conn_max: 500,
+            ids_per_frame_max: 100,
+            ping_interval_ms: 10_000,
+            pong_timeout_ms: 30_000,
+            data_silence_ms: 60_000,
+            first_book_timeout_ms: 30_000,
+            reconnect_delay_ms_min: 250,
+            reconnect_delay_ms_max: 30_000,
+            dynamic_subscribe: true,
+            custom_features: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Integrity {
+    pub verify_hash: bool,
+    pub failed_checks_max: u16,
+}
+
+impl Default for Integrity {
+    fn default() -> Self {
+        Integrity { verify_hash: true, failed_checks_max: 3 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discovery {
+    pub interval_ms: u64,
+    pub page_limit: usize,
+    pub requests_per_10s_max: u32,
+    pub markets_max: usize,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            interval_ms: 60_000,
+            page_limit: 100,
+            requests_per_10s_max: 250,
+            markets_max: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    pub resolved_grace_ms: u64,
+    pub recycle_pollution_pct: u8,
+    pub recycle_age_ms: u64,
+    pub recycle_min_age_ms: u64,
+    pub recycle_concurrent_max: usize,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            resolved_grace_ms: 3_600_000,
+            recycle_pollution_pct: 30,
+            recycle_age_ms: 86_400_000,
+            recycle_min_age_ms: 300_000,
+            recycle_concurrent_max: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    pub listen: String,
+    pub ws_client_buffer_max: usize,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api { listen: "127.0.0.1:8080".into(), ws_client_buffer_max: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into() }
+    }
+}
+
+/// A configuration whose every limit was checked; only [`Config::validate`] makes one.
+#[derive(Debug, Clone)]
+pub struct ValidConfig(Config);
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+fn invalid(key: &'static str, value: impl std::fmt::Display, why: &str) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), why: why.to_owned() }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(key, v, &format!("must be between {lo} and {hi}")));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: p.clone(), source: e })?;
+        Config::from_toml(&text, &p)
+    }
+
+    /// Checks every limit against its hard ceiling.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        let c = &self.connections;
+        in_range("connections.tokens_per_conn_max", c.tokens_per_conn_max, 1, 500)?;
+        in_range(
+            "connections.tokens_per_conn_target",
+            c.tokens_per_conn_target,
+            1,
+            c.tokens_per_conn_max,
+        )?;
+        in_range("connections.ids_per_frame_max", c.ids_per_frame_max, 1, 500)?;
+        in_range("connections.ping_interval_ms", c.ping_interval_ms, 100, 60_000)?;
+        in_range("connections.pong_timeout_ms", c.pong_timeout_ms, c.ping_interval_ms, 600_000)?;
+        in_range("connections.data_silence_ms", c.data_silence_ms, 1_000, 3_600_000)?;
+        in_range("connections.first_book_timeout_ms", c.first_book_timeout_ms, 100, 600_000)?;
+        in_range("connections.reconnect_delay_ms_min", c.reconnect_delay_ms_min, 1, 60_000)?;
+        in_range(
+            "connections.reconnect_delay_ms_max",
+            c.reconnect_delay_ms_max,
+            c.reconnect_delay_ms_min,
+            600_000,
+        )?;
+        in_range("integrity.failed_checks_max", self.integrity.failed_checks_max, 1, 1000)?;
+        let d = &self.discovery;
+        in_range("discovery.interval_ms", d.interval_ms, 1_000, 86_400_000)?;
+        in_range("discovery.page_limit", d.page_limit, 1, 100)?;
+        in_range("discovery.requests_per_10s_max", d.requests_per_10s_max, 1, 300)?;
+        in_range("discovery.markets_max", d.markets_max, 1, 1_000_000)?;
+        let l = &self.lifecycle;
+        in_range("lifecycle.recycle_pollution_pct", l.recycle_pollution_pct, 1, 100)?;
+        in_range("lifecycle.recycle_concurrent_max", l.recycle_concurrent_max, 1, 64)?;
+        in_range("layout.io_memory_kib", self.layout.io_memory_kib, 64, 1 << 20)?;
+        if let DataCores::List(cores) = &self.layout.data_cores {
+            if cores.is_empty() {
+                return Err(invalid(
+                    "layout.data_cores",
+                    "[]",
+                    "needs at least one core or \"auto\"",
+                ));
+            }
+            in_range("layout.data_cores (count)", cores.len(), 1, 256)?;
+        }
+        self.api.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            invalid("api.listen", &self.api.listen, &format!("not an address:port: {e}"))
+        })?;
+        in_range("api.ws_client_buffer_max", self.api.ws_client_buffer_max, 1, 1 << 20)?;
+        for (key, url, schemes) in [
+            ("endpoints.gamma_url", &self.endpoints.gamma_url, ["http://", "https://"]),
+            ("endpoints.clob_url", &self.endpoints.clob_url, ["http://", "https://"]),
+            ("endpoints.ws_url", &self.endpoints.ws_url, ["ws://", "wss://"]),
+        ] {
+            if !schemes.iter().any(|s| url.starts_with(s)) {
+                return Err(invalid(
+                    key,
+                    url,
+                    &format!("must start with {}", schemes.join(" or ")),
+                ));
+            }
+        }
+        Ok(ValidConfig(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_config_toml_parses_and_equals_defaults() {
+        let text = include_str!("../../config.toml");
+        let parsed = Config::from_toml(text, "config.toml").map_err(|e| e.to_string());
+        let parsed = parsed.and_then(|c| c.validate().map_err(|e| e.to_string()));
+        let Ok(parsed) = parsed else { panic!("{parsed:?}") };
+        let a = toml::to_string(&*parsed).unwrap_or_default();
+        let b = toml::to_string(&Config::default()).unwrap_or_default();
+        assert_eq!(a, b, "config.toml documents the defaults");
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let r = Config::from_toml("[connections]\ntokens_per_con_max = 5\n", "x");
+        assert!(matches!(r, Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn out_of_range_limits_are_rejected_with_the_key() {
+        for (text, key) in [
+            ("[connections]\ntokens_per_conn_max = 900\n", "connections.tokens_per_conn_max"),
+            ("[layout]\ndata_cores = []\n", "layout.data_cores"),
+            ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
+            ("[endpoints]\nws_url = \"http://x\"\n", "endpoints.ws_url"),
+        ] {
+            let r = Config::from_toml(text, "x").and_then(Config::validate);
+            match r {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let r =
+            Config::from_toml("[layout]\ndata_cores = [1, 2]\n", "x").and_then(Config::validate);
+        assert!(r.is_ok());
+    }
+}

@@ -1,0 +1,5 @@
+//! polybook's runtime: the thread-per-core engine on glommio, the simulated exchange's servers
+//! and the command-line tools. Only this crate names glommio.
+
+pub mod config;
+pub mod replay;

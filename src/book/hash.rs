@@ -1,0 +1,130 @@
+//! The venue's book hash: lowercase hex SHA-1 of a compact JSON rendering of the book with the
+//! `hash` field blank (protocol doc §3.10). Recomputing it detects books that drifted.
+
+use sha1::{Digest, Sha1};
+
+use super::{Book, LtpText};
+use crate::decimal::{Price, Size};
+use crate::protocol::Level;
+
+/// The inputs of the hash that are not levels; all must be known to compute it.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInputs<'a> {
+    pub market: &'a str,
+    pub asset_id: &'a str,
+    pub timestamp_ms: u64,
+    pub min_order_size: Size,
+    pub tick_size: Price,
+    pub neg_risk: bool,
+    pub last_trade_price: &'a str,
+}
+
+/// Writes the exact text the venue hashes. `bids`/`asks` in wire order.
+pub fn write_hash_input(out: &mut String, inp: &HashInputs<'_>, bids: &[Level], asks: &[Level]) {
+    use std::fmt::Write;
+    out.clear();
+    out.push_str("{\"market\":\"");
+    out.push_str(inp.market);
+    out.push_str("\",\"asset_id\":\"");
+    out.push_str(inp.asset_id);
+    let _ = write!(out, "\",\"timestamp\":\"{}\",\"hash\":\"\",\"bids\":", inp.timestamp_ms);
+    write_levels(out, bids);
+    out.push_str(",\"asks\":");
+    write_levels(out, asks);
+    out.push_str(",\"min_order_size\":\"");
+    out.push_str(inp.min_order_size.text().as_str());
+    out.push_str("\",\"tick_size\":\"");
+    out.push_str(inp.tick_size.text().as_str());
+    out.push_str("\",\"neg_risk\":");
+    out.push_str(if inp.neg_risk { "true" } else { "false" });
+    out.push_str(",\"last_trade_price\":\"");
+    out.push_str(inp.last_trade_price);
+    out.push_str("\"}");
+}
+
+/// `[{"price":"0.5","size":"10"},...]`, the level list as the venue writes it compactly.
+pub fn write_levels(out: &mut String, levels: &[Level]) {
+    out.push('[');
+    for (i, l) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"price\":\"");
+        out.push_str(l.price.text().as_str());
+        out.push_str("\",\"size\":\"");
+        out.push_str(l.size.text().as_str());
+        out.push_str("\"}");
+    }
+    out.push(']');
+}
+
+/// SHA-1 of `text`.
+pub fn sha1(text: &str) -> [u8; 20] {
+    Sha1::digest(text.as_bytes()).into()
+}
+
+/// Hash of `book` at `timestamp_ms`, or None if an input the stream does not carry is unknown.
+/// `scratch` is reused between calls to avoid allocating.
+pub fn book_hash(book: &Book, timestamp_ms: u64, scratch: &mut String) -> Option<[u8; 20]> {
+    let meta = book.meta();
+    let ltp: LtpText = book.hash_ltp()?;
+    let inputs = HashInputs {
+        market: book.market().as_str(),
+        asset_id: book.token().as_str(),
+        timestamp_ms,
+        min_order_size: meta.min_order_size?,
+        tick_size: meta.tick_size?,
+        neg_risk: meta.neg_risk?,
+        last_trade_price: ltp.as_str(),
+    };
+    write_hash_input(scratch, &inputs, book.bids(), book.asks());
+    Some(sha1(scratch))
+}
+
+/// Parses 40 hex digits (either case).
+pub fn parse_hex(s: &str) -> Option<[u8; 20]> {
+    let b = s.as_bytes();
+    if b.len() != 40 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lowercase hex, as the venue sends it.
+pub fn to_hex(h: &[u8; 20]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(40);
+    for b in h {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let h = sha1("abc");
+        assert_eq!(to_hex(&h), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(parse_hex(&to_hex(&h)), Some(h));
+        assert_eq!(parse_hex("A9993E364706816ABA3E25717850C26C9CD0D89D"), Some(h));
+        assert_eq!(parse_hex("xyz"), None);
+        assert_eq!(parse_hex(&"g".repeat(40)), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! polybook's deterministic core: exact fixed-point Polymarket L2 books.
+//!
+//! No I/O and no clock reads happen here: time and input arrive as arguments, so everything is
+//! reproducible and testable. The runtime lives in the `polybook-shards` crate.
+//!
+//! # Layout
+//! - [`decimal`]: `Price`/`Size`, exact parse and canonical format.
+//! - [`ids`]: `TokenId`, `MarketId`.
+//! - [`protocol`]: market-channel frames decoded zero-copy; subscribe frames encoded.
+//! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
+//! - [`store`]: one shard's books: applies events, reports changes, counts everything.
+//! - [`view`]: the BOOK JSON shape shared by `replay --dump`, the HTTP API and the simulator.
+//! - [`capture`]: the capture line format (`[recv_ns ]frame`).
+
+pub mod book;
+pub mod capture;
+pub mod decimal;
+pub mod ids;
+pub mod protocol;
+pub mod store;
+pub mod view;
+
+pub use book::{Book, BookStatus};
+pub use decimal::{DecimalError, Price, Size};
+pub use ids::{MarketId, TokenId};
+pub use protocol::{Level, MarketEvent, Side};
+pub use store::{BookStore, BookUpdate, StoreConfig, StoreCounters};

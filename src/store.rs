@@ -1,0 +1,568 @@
+//! One shard's books: token -> book. Applies decoded events, runs the integrity checks,
+//! reports each change to a sink (the library's handlers), and counts everything.
+//!
+//! The store never reads a clock and never does I/O; the shard that owns it does both.
+
+use hashbrown::HashMap;
+
+use crate::book::hash::{book_hash, parse_hex};
+use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
+use crate::decimal::{Price, Size};
+use crate::ids::{MarketId, TokenId};
+use crate::protocol::market::{
+    BestBidAskEvent, BookEvent, LastTradePriceEvent, MarketResolvedEvent, NewMarketEvent,
+    PriceChangeEvent, PriceChangeSchema, TickSizeChangeEvent,
+};
+use crate::protocol::{decode_frame, DecodeError, DecodeErrorKind, FrameKind, MarketEvent, Side};
+
+/// How the store treats events.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Recompute the venue hash after each `book` and the last entry per token of each
+    /// `price_change`. Off saves ~1 µs per check; the top-of-book check stays on.
+    pub verify_hash: bool,
+    /// Create a book for an unknown token when its `book` arrives (replay). The engine tracks
+    /// tokens explicitly and leaves this off, so stray tokens are counted, not kept.
+    pub auto_track: bool,
+    /// Consecutive failed checks after which a Suspect book is marked Resyncing.
+    pub failed_checks_max: u16,
+    /// Parameters assumed for tokens whose own are unknown (replay of bare captures).
+    pub default_meta: TokenMeta,
+    /// Most `new_market` hints kept until drained; more are counted and dropped.
+    pub new_market_hints_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            verify_hash: true,
+            auto_track: false,
+            failed_checks_max: 3,
+            default_meta: TokenMeta::default(),
+            new_market_hints_max: 1024,
+        }
+    }
+}
+
+/// What changed in a book; passed with the book to the sink after the change is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookUpdate {
+    /// A `book` (or REST) snapshot replaced the book.
+    Snapshot,
+    /// One level set to `size` (zero: removed); `old` was its size before.
+    Level {
+        side: Side,
+        price: Price,
+        size: Size,
+        old: Size,
+    },
+    TickSize {
+        old: Option<Price>,
+        new: Price,
+    },
+    LastTrade(LastTrade),
+    /// The book's status moved.
+    Status {
+        from: BookStatus,
+        to: BookStatus,
+    },
+}
+
+/// Receives every change, on the shard that owns the book, right after it is applied.
+pub trait UpdateSink {
+    fn on_update(&mut self, update: &BookUpdate, book: &Book);
+}
+
+impl<F: FnMut(&BookUpdate, &Book)> UpdateSink for F {
+    fn on_update(&mut self, update: &BookUpdate, book: &Book) {
+        self(update, book)
+    }
+}
+
+/// A sink that ignores everything.
+pub struct NoSink;
+impl UpdateSink for NoSink {
+    fn on_update(&mut self, _: &BookUpdate, _: &Book) {}
+}
+
+/// Counters owned by the store; gathered by whoever scrapes the shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreCounters {
+    pub frames: u64,
+    pub frames_pong: u64,
+    pub frames_array: u64,
+    pub events_book: u64,
+    pub events_price_change: u64,
+    pub price_change_entries: u64,
+    pub events_tick_size_change: u64,
+    pub events_last_trade_price: u64,
+    pub events_best_bid_ask: u64,
+    pub events_new_market: u64,
+    pub events_market_resolved: u64,
+    pub events_unknown_type: u64,
+    pub events_legacy_schema: u64,
+    pub unknown_fields: u64,
+    pub errors: DecodeErrorCounts,
+    /// Events or entries for tokens this store does not track (not owned by this shard).
+    pub untracked: u64,
+    /// `price_change` entries for tracked tokens before their first snapshot.
+    pub entries_before_seed: u64,
+    /// Events for books already resolved.
+    pub after_resolved: u64,
+    pub snapshots_repaired: u64,
+    pub hash_checks: u64,
+    pub hash_mismatches: u64,
+    /// Checks skipped because min_order_size, neg_risk, tick or last trade price is unknown.
+    pub hash_unverifiable: u64,
+    pub bbo_checks: u64,
+    pub bbo_mismatches: u64,
+    /// `best_bid_ask` events that disagreed with the book (they often lead the change).
+    pub best_bid_ask_disagreements: u64,
+    pub books_marked_suspect: u64,
+    pub books_marked_resyncing: u64,
+    pub new_market_hints_dropped: u64,
+}
+
+/// Decode errors by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DecodeErrorCounts {
+    pub empty: u64,
+    pub not_json: u64,
+    pub malformed: u64,
+    pub wrong_type: u64,
+    pub missing_field: u64,
+    pub bad_number: u64,
+    pub missing_event_type: u64,
+    pub unknown_schema: u64,
+}
+
+impl DecodeErrorCounts {
+    pub fn add(&mut self, kind: DecodeErrorKind) {
+        let c = match kind {
+            DecodeErrorKind::Empty => &mut self.empty,
+            DecodeErrorKind::NotJson => &mut self.not_json,
+            DecodeErrorKind::Malformed => &mut self.malformed,
+            DecodeErrorKind::WrongType => &mut self.wrong_type,
+            DecodeErrorKind::MissingField => &mut self.missing_field,
+            DecodeErrorKind::BadNumber => &mut self.bad_number,
+            DecodeErrorKind::MissingEventType => &mut self.missing_event_type,
+            DecodeErrorKind::UnknownSchema => &mut self.unknown_schema,
+        };
+        *c += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.empty
+            + self.not_json
+            + self.malformed
+            + self.wrong_type
+            + self.missing_field
+            + self.bad_number
+            + self.missing_event_type
+            + self.unknown_schema
+    }
+}
+
+/// The result of applying one frame.
+#[derive(Debug, Default)]
+pub struct FrameReport {
+    /// None if the frame could not be split into events.
+    pub kind: Option<FrameKind>,
+    pub events: u32,
+    /// Frame-level and per-event errors (empty when all went well; no allocation then).
+    pub errors: Vec<DecodeError>,
+}
+
+/// A market announced by `new_market`, for discovery to pick up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMarketHint {
+    pub market: MarketId,
+    pub tokens: Vec<TokenId>,
+}
+
+/// One shard's books.
+#[derive(Debug)]
+pub struct BookStore {
+    config: StoreConfig,
+    books: HashMap<TokenId, Book>,
+    markets: HashMap<MarketId, Vec<TokenId>>,
+    counters: StoreCounters,
+    hints: Vec<NewMarketHint>,
+    scratch: String,
+}
+
+impl BookStore {
+    pub fn new(config: StoreConfig) -> BookStore {
+        BookStore {
+            config,
+            books: HashMap::new(),
+            markets: HashMap::new(),
+            counters: StoreCounters::default(),
+            hints: Vec::new(),
+            scratch: String::with_capacity(4096),
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+    pub fn get(&self, token: &str) -> Option<&Book> {
+        self.books.get(token)
+    }
+    pub fn len(&self) -> usize {
+        self.books.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.books.is_empty()
+    }
+    pub fn books(&self) -> impl Iterator<Item = &Book> {
+        self.books.values()
+    }
+    /// Tokens of a market that this store tracks.
+    pub fn market_tokens(&self, market: &str) -> &[TokenId] {
+        self.markets.get(market).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// `new_market` hints since the last call.
+    pub fn drain_new_market_hints(&mut self) -> Vec<NewMarketHint> {
+        std::mem::take(&mut self.hints)
+    }
+
+    /// Starts tracking a token (status Seeding until its snapshot). Known parameters are
+    /// merged into an existing book.
+    pub fn track(&mut self, token: TokenId, market: MarketId, meta: TokenMeta) {
+        if let Some(book) = self.books.get_mut(token.as_str()) {
+            book.merge_meta(meta);
+            return;
+        }
+        let tokens = self.markets.entry(market.clone()).or_default();
+        if !tokens.contains(&token) {
+            tokens.push(token.clone());
+        }
+        let mut full = self.config.default_meta;
+        full.tick_size = meta.tick_size.or(full.tick_size);
+        full.min_order_size = meta.min_order_size.or(full.min_order_size);
+        full.neg_risk = meta.neg_risk.or(full.neg_risk);
+        self.books.insert(token.clone(), Book::new(token, market, full));
+    }
+
+    /// Stops tracking a token; returns its book.
+    pub fn untrack(&mut self, token: &str) -> Option<Book> {
+        let book = self.books.remove(token)?;
+        if let Some(tokens) = self.markets.get_mut(book.market().as_str()) {
+            tokens.retain(|t| t.as_str() != token);
+            if tokens.is_empty() {
+                self.markets.remove(book.market().as_str());
+            }
+        }
+        Some(book)
+    }
+
+    /// Marks a book as waiting for a fresh snapshot (e.g. its connection dropped).
+    pub fn mark_resyncing(&mut self, token: &str, sink: &mut impl UpdateSink) {
+        if let Some(book) = self.books.get_mut(token) {
+            if !matches!(book.status(), BookStatus::Resolved | BookStatus::Seeding) {
+                set_status(book, BookStatus::Resyncing, &mut self.counters, sink);
+            }
+        }
+    }
+
+    /// Decodes and applies one text frame.
+    pub fn apply_frame(&mut self, text: &str, sink: &mut impl UpdateSink) -> FrameReport {
+        self.counters.frames += 1;
+        let mut report = FrameReport::default();
+        let result = decode_frame(text, |ev| match ev {
+            Ok(event) => {
+                report.events += 1;
+                self.apply_event(&event, sink);
+            }
+            Err(e) => {
+                self.counters.errors.add(e.kind);
+                report.errors.push(e);
+            }
+        });
+        match result {
+            Ok(kind) => {
+                match kind {
+                    FrameKind::Pong => self.counters.frames_pong += 1,
+                    FrameKind::Array(_) => self.counters.frames_array += 1,
+                    FrameKind::Object => {}
+                }
+                report.kind = Some(kind);
+            }
+            Err(e) => {
+                self.counters.errors.add(e.kind);
+                report.errors.push(e);
+            }
+        }
+        report
+    }
+
+    /// Applies one decoded event.
+    pub fn apply_event(&mut self, event: &MarketEvent<'_>, sink: &mut impl UpdateSink) {
+        self.counters.unknown_fields += u64::from(event.unknown_fields());
+        match event {
+            MarketEvent::Book(e) => {
+                self.counters.events_book += 1;
+                self.apply_snapshot(e, sink);
+            }
+            MarketEvent::PriceChange(e) => {
+                self.counters.events_price_change += 1;
+                self.apply_price_change(e, sink);
+            }
+            MarketEvent::TickSizeChange(e) => {
+                self.counters.events_tick_size_change += 1;
+                self.apply_tick_size(e, sink);
+            }
+            MarketEvent::LastTradePrice(e) => {
+                self.counters.events_last_trade_price += 1;
+                self.apply_last_trade(e, sink);
+            }
+            MarketEvent::BestBidAsk(e) => {
+                self.counters.events_best_bid_ask += 1;
+                self.check_best_bid_ask(e);
+            }
+            MarketEvent::NewMarket(e) => {
+                self.counters.events_new_market += 1;
+                self.note_new_market(e);
+            }
+            MarketEvent::MarketResolved(e) => {
+                self.counters.events_market_resolved += 1;
+                self.apply_resolved(e, sink);
+            }
+            MarketEvent::Unknown { .. } => self.counters.events_unknown_type += 1,
+        }
+    }
+
+    /// Applies a `book` event or a REST `/book` answer (which also carries the parameters).
+    pub fn apply_snapshot(&mut self, e: &BookEvent<'_>, sink: &mut impl UpdateSink) {
+        if !self.books.contains_key(&*e.asset_id) {
+            if !self.config.auto_track {
+                self.counters.untracked += 1;
+                return;
+            }
+            self.track(TokenId::new(&e.asset_id), MarketId::new(&e.market), TokenMeta::default());
+        }
+        let Some(book) = self.books.get_mut(&*e.asset_id) else { return };
+        if book.status() == BookStatus::Resolved {
+            self.counters.after_resolved += 1;
+            return;
+        }
+        book.merge_meta(TokenMeta {
+            tick_size: e.tick_size,
+            min_order_size: e.min_order_size,
+            neg_risk: e.neg_risk,
+        });
+        book.set_hash_ltp(e.last_trade_price.as_deref().and_then(LtpText::new));
+        if book.replace(&e.bids, &e.asks, e.timestamp.0).is_err() {
+            self.counters.snapshots_repaired += 1;
+        }
+        let venue = e.hash.as_deref().and_then(parse_hex);
+        book.set_venue_hash(venue);
+        sink.on_update(&BookUpdate::Snapshot, book);
+        let verdict = match venue {
+            Some(h) if self.config.verify_hash => {
+                hash_verdict(book, h, e.timestamp.0, &mut self.scratch, &mut self.counters)
+            }
+            _ => None,
+        };
+        // A snapshot is the venue's full state: it is Live unless its own hash disagrees.
+        let status = if verdict == Some(false) { None } else { Some(BookStatus::Live) };
+        match status {
+            Some(s) => set_status(book, s, &mut self.counters, sink),
+            None => record_failed_check(book, &self.config, &mut self.counters, sink),
+        }
+    }
+
+    fn apply_price_change(&mut self, e: &PriceChangeEvent<'_>, sink: &mut impl UpdateSink) {
+        if e.schema != PriceChangeSchema::Current {
+            self.counters.events_legacy_schema += 1;
+        }
+        let ts = e.timestamp.0;
+        for (i, entry) in e.changes.iter().enumerate() {
+            self.counters.price_change_entries += 1;
+            let Some(book) = self.books.get_mut(&*entry.asset_id) else {
+                self.counters.untracked += 1;
+                continue;
+            };
+            match book.status() {
+                BookStatus::Seeding => {
+                    self.counters.entries_before_seed += 1;
+                    continue;
+                }
+                BookStatus::Resolved => {
+                    self.counters.after_resolved += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let old = book.set_level(entry.side, entry.price, entry.size);
+            book.set_timestamp(ts);
+            let venue = entry.hash.as_deref().and_then(parse_hex);
+            if venue.is_some() {
+                book.set_venue_hash(venue);
+            }
+            let update =
+                BookUpdate::Level { side: entry.side, price: entry.price, size: entry.size, old };
+            sink.on_update(&update, book);
+            // A burst of entries for one token shares the hash of the book after the last one.
+            let last_for_token =
+                !e.changes[i + 1..].iter().any(|later| later.asset_id == entry.asset_id);
+            if !last_for_token {
+                continue;
+            }
+            let mut verdicts = [None, None];
+            if entry.best_bid.is_some() || entry.best_ask.is_some() {
+                self.counters.bbo_checks += 1;
+                let ok = bbo_agrees(book, entry.best_bid, entry.best_ask);
+                if !ok {
+                    self.counters.bbo_mismatches += 1;
+                }
+                verdicts[0] = Some(ok);
+            }
+            if let Some(h) = venue.filter(|_| self.config.verify_hash) {
+                verdicts[1] = hash_verdict(book, h, ts, &mut self.scratch, &mut self.counters);
+            }
+            // The hash, when it can be computed, is the stronger witness.
+            match verdicts[1].or(verdicts[0]) {
+                Some(true) if book.status() != BookStatus::Live => {
+                    set_status(book, BookStatus::Live, &mut self.counters, sink)
+                }
+                Some(false) => record_failed_check(book, &self.config, &mut self.counters, sink),
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_tick_size(&mut self, e: &TickSizeChangeEvent<'_>, sink: &mut impl UpdateSink) {
+        let Some(book) = self.books.get_mut(&*e.asset_id) else {
+            self.counters.untracked += 1;
+            return;
+        };
+        let old = book.tick_size();
+        book.set_tick_size(e.new_tick_size);
+        book.set_timestamp(e.timestamp.0);
+        sink.on_update(&BookUpdate::TickSize { old, new: e.new_tick_size }, book);
+    }
+
+    fn apply_last_trade(&mut self, e: &LastTradePriceEvent<'_>, sink: &mut impl UpdateSink) {
+        let Some(book) = self.books.get_mut(&*e.asset_id) else {
+            self.counters.untracked += 1;
+            return;
+        };
+        let trade =
+            LastTrade { price: e.price, size: e.size, side: e.side, timestamp_ms: e.timestamp.0 };
+        book.set_last_trade(trade);
+        sink.on_update(&BookUpdate::LastTrade(trade), book);
+        // The venue hashes one last trade price per market (both tokens carry the same text).
+        let ltp = LtpText::from_price(e.price);
+        let market = book.market().clone();
+        if let Some(tokens) = self.markets.get(market.as_str()) {
+            for t in tokens {
+                if let Some(b) = self.books.get_mut(t.as_str()) {
+                    b.set_hash_ltp(Some(ltp));
+                }
+            }
+        }
+    }
+
+    fn check_best_bid_ask(&mut self, e: &BestBidAskEvent<'_>) {
+        let Some(book) = self.books.get(&*e.asset_id) else {
+            self.counters.untracked += 1;
+            return;
+        };
+        if !bbo_agrees(book, Some(e.best_bid), Some(e.best_ask)) {
+            self.counters.best_bid_ask_disagreements += 1;
+        }
+    }
+
+    fn note_new_market(&mut self, e: &NewMarketEvent<'_>) {
+        if self.hints.len() >= self.config.new_market_hints_max {
+            self.counters.new_market_hints_dropped += 1;
+            return;
+        }
+        self.hints.push(NewMarketHint {
+            market: MarketId::new(&e.market),
+            tokens: e.assets_ids.iter().map(|t| TokenId::new(t)).collect(),
+        });
+    }
+
+    fn apply_resolved(&mut self, e: &MarketResolvedEvent<'_>, sink: &mut impl UpdateSink) {
+        for token in &e.assets_ids {
+            match self.books.get_mut(&**token) {
+                Some(book) => {
+                    book.set_timestamp(e.timestamp.0);
+                    set_status(book, BookStatus::Resolved, &mut self.counters, sink);
+                }
+                None => self.counters.untracked += 1,
+            }
+        }
+    }
+}
+
+/// Some(true/false) if the hash could be computed, None if an input is unknown.
+fn hash_verdict(
+    book: &Book,
+    venue: [u8; 20],
+    ts: u64,
+    scratch: &mut String,
+    counters: &mut StoreCounters,
+) -> Option<bool> {
+    match book_hash(book, ts, scratch) {
+        Some(ours) => {
+            counters.hash_checks += 1;
+            let ok = ours == venue;
+            if !ok {
+                counters.hash_mismatches += 1;
+            }
+            Some(ok)
+        }
+        None => {
+            counters.hash_unverifiable += 1;
+            None
+        }
+    }
+}
+
+/// The venue's top of book uses "0" for no bid and "1" for no ask.
+fn bbo_agrees(book: &Book, best_bid: Option<Price>, best_ask: Option<Price>) -> bool {
+    let ours_bid = book.best_bid().map_or(Price::ZERO, |l| l.price);
+    let ours_ask = book.best_ask().map_or(Price::ONE, |l| l.price);
+    best_bid.is_none_or(|b| b == ours_bid) && best_ask.is_none_or(|a| a == ours_ask)
+}
+
+fn set_status(
+    book: &mut Book,
+    to: BookStatus,
+    counters: &mut StoreCounters,
+    sink: &mut impl UpdateSink,
+) {
+    let from = book.status();
+    book.set_status(to);
+    if from != to {
+        match to {
+            BookStatus::Suspect => counters.books_marked_suspect += 1,
+            BookStatus::Resyncing => counters.books_marked_resyncing += 1,
+            _ => {}
+        }
+        sink.on_update(&BookUpdate::Status { from, to }, book);
+    }
+}
+
+/// One failed check makes a book Suspect (the hash can run ahead of the stream); too many in a
+/// row make it Resyncing, which asks the owner for a fresh snapshot.
+fn record_failed_check(
+    book: &mut Book,
+    config: &StoreConfig,
+    counters: &mut StoreCounters,
+    sink: &mut impl UpdateSink,
+) {
+    let n = book.note_failed_check();
+    let to =
+        if n >= config.failed_checks_max { BookStatus::Resyncing } else { BookStatus::Suspect };
+    if book.status() != BookStatus::Resyncing {
+        set_status(book, to, counters, sink);
+    }
+}

@@ -1,0 +1,286 @@
+//! The book store end to end through frames: statuses, integrity checks, counters, sink calls.
+
+use polybook::book::hash::{book_hash, to_hex};
+use polybook::book::{Book, BookStatus, LtpText, TokenMeta};
+use polybook::store::{BookUpdate, NoSink, StoreConfig};
+use polybook::{BookStore, MarketId, Price, Side, Size, TokenId};
+
+const M: &str = "0xmarket";
+const A: &str = "111";
+const B: &str = "222";
+
+fn p(s: &str) -> Price {
+    Price::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+fn z(s: &str) -> Size {
+    Size::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+fn meta() -> TokenMeta {
+    TokenMeta { tick_size: Some(p("0.01")), min_order_size: Some(z("5")), neg_risk: Some(false) }
+}
+
+fn store() -> BookStore {
+    let mut s = BookStore::new(StoreConfig::default());
+    s.track(TokenId::new(A), MarketId::new(M), meta());
+    s.track(TokenId::new(B), MarketId::new(M), meta());
+    s
+}
+
+/// A reference book kept beside the store to compute the hashes the venue would send.
+fn reference(token: &str) -> Book {
+    let mut b = Book::new(TokenId::new(token), MarketId::new(M), meta());
+    b.set_hash_ltp(LtpText::new("0.500"));
+    b
+}
+
+fn hash_of(b: &Book, ts: u64) -> String {
+    let mut scratch = String::new();
+    book_hash(b, ts, &mut scratch).map(|h| to_hex(&h)).unwrap_or_default()
+}
+
+fn book_frame(b: &Book, ts: u64) -> String {
+    let levels = |ls: &[polybook::Level]| {
+        ls.iter()
+            .map(|l| format!("{{\"price\":\"{}\",\"size\":\"{}\"}}", l.price, l.size))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"[{{"market":"{M}","asset_id":"{}","timestamp":"{ts}","hash":"{}","bids":[{}],"asks":[{}],"tick_size":"0.01","event_type":"book","last_trade_price":"0.500"}}]"#,
+        b.token(),
+        hash_of(b, ts),
+        levels(b.bids()),
+        levels(b.asks())
+    )
+}
+
+fn entry(b: &Book, side: Side, price: &str, size: &str, ts: u64, hash: Option<&str>) -> String {
+    let bid = b.best_bid().map_or(Price::ZERO, |l| l.price);
+    let ask = b.best_ask().map_or(Price::ONE, |l| l.price);
+    let h = hash.map_or_else(|| hash_of(b, ts), str::to_owned);
+    format!(
+        r#"{{"asset_id":"{}","price":"{price}","size":"{size}","side":"{}","hash":"{h}","best_bid":"{bid}","best_ask":"{ask}"}}"#,
+        b.token(),
+        side.as_str()
+    )
+}
+
+fn pc_frame(entries: &[String], ts: u64) -> String {
+    format!(
+        r#"{{"market":"{M}","price_changes":[{}],"timestamp":"{ts}","event_type":"price_change"}}"#,
+        entries.join(",")
+    )
+}
+
+fn seeded() -> (BookStore, Book, Book) {
+    let mut s = store();
+    let mut ra = reference(A);
+    let mut rb = reference(B);
+    ra.set_level(Side::Buy, p("0.4"), z("100"));
+    ra.set_level(Side::Sell, p("0.6"), z("50"));
+    rb.set_level(Side::Buy, p("0.4"), z("50"));
+    rb.set_level(Side::Sell, p("0.6"), z("100"));
+    let r = s.apply_frame(&format!("{}\n", book_frame(&ra, 10)), &mut NoSink);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    s.apply_frame(&book_frame(&rb, 10), &mut NoSink);
+    (s, ra, rb)
+}
+
+#[test]
+fn store_snapshot_then_mirrored_price_change_is_live_and_exact() {
+    let (mut s, mut ra, mut rb) = seeded();
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+    ra.set_level(Side::Buy, p("0.45"), z("10"));
+    rb.set_level(Side::Sell, p("0.55"), z("10"));
+    let frame = pc_frame(
+        &[
+            entry(&ra, Side::Buy, "0.45", "10", 20, None),
+            entry(&rb, Side::Sell, "0.55", "10", 20, None),
+        ],
+        20,
+    );
+    let mut seen = Vec::new();
+    let mut sink = |u: &BookUpdate, b: &Book| seen.push((b.token().to_string(), *u));
+    let r = s.apply_frame(&frame, &mut sink);
+    assert!(r.errors.is_empty());
+    assert_eq!(
+        seen,
+        [
+            (
+                A.to_string(),
+                BookUpdate::Level {
+                    side: Side::Buy,
+                    price: p("0.45"),
+                    size: z("10"),
+                    old: Size::ZERO
+                }
+            ),
+            (
+                B.to_string(),
+                BookUpdate::Level {
+                    side: Side::Sell,
+                    price: p("0.55"),
+                    size: z("10"),
+                    old: Size::ZERO
+                }
+            ),
+        ]
+    );
+    let a = s.get(A).unwrap_or_else(|| panic!("no book"));
+    assert_eq!(a.bids(), ra.bids());
+    assert_eq!(a.asks(), ra.asks());
+    assert_eq!(a.status(), BookStatus::Live);
+    assert_eq!(a.timestamp_ms(), 20);
+    let c = s.counters();
+    assert_eq!((c.hash_checks, c.hash_mismatches), (4, 0));
+    assert_eq!((c.bbo_checks, c.bbo_mismatches), (2, 0));
+}
+
+#[test]
+fn store_duplicate_frame_is_idempotent() {
+    let (mut s, mut ra, _) = seeded();
+    ra.set_level(Side::Buy, p("0.41"), z("3"));
+    let frame = pc_frame(&[entry(&ra, Side::Buy, "0.41", "3", 30, None)], 30);
+    s.apply_frame(&frame, &mut NoSink);
+    s.apply_frame(&frame, &mut NoSink);
+    assert_eq!(s.get(A).map(|b| b.bids().to_vec()), Some(ra.bids().to_vec()));
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+}
+
+#[test]
+fn store_hash_mismatch_marks_suspect_then_resyncing_then_snapshot_heals() {
+    let (mut s, mut ra, _) = seeded();
+    let bad = "0".repeat(40);
+    for (i, price) in ["0.31", "0.32", "0.33"].iter().enumerate() {
+        ra.set_level(Side::Buy, p(price), z("1"));
+        let frame = pc_frame(&[entry(&ra, Side::Buy, price, "1", 40, Some(&bad))], 40);
+        s.apply_frame(&frame, &mut NoSink);
+        let want = if i < 2 { BookStatus::Suspect } else { BookStatus::Resyncing };
+        assert_eq!(s.get(A).map(Book::status), Some(want), "after {} mismatches", i + 1);
+    }
+    assert_eq!(s.counters().hash_mismatches, 3);
+    assert_eq!(s.counters().books_marked_resyncing, 1);
+    s.apply_frame(&book_frame(&ra, 50), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+}
+
+#[test]
+fn store_suspect_clears_on_next_matching_hash() {
+    let (mut s, mut ra, _) = seeded();
+    ra.set_level(Side::Buy, p("0.3"), z("1"));
+    let bad = "f".repeat(40);
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.3", "1", 41, Some(&bad))], 41), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
+    ra.set_level(Side::Buy, p("0.3"), z("2"));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.3", "2", 42, None)], 42), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+}
+
+#[test]
+fn store_missed_change_is_detected_by_hash() {
+    let (mut s, mut ra, _) = seeded();
+    // The venue applied two changes; we only receive the second.
+    ra.set_level(Side::Buy, p("0.2"), z("7"));
+    ra.set_level(Side::Buy, p("0.21"), z("8"));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.21", "8", 43, None)], 43), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
+    assert_eq!(s.counters().hash_mismatches, 1);
+}
+
+#[test]
+fn store_bbo_mismatch_counts_when_hash_unverifiable() {
+    let mut s = BookStore::new(StoreConfig { verify_hash: false, ..StoreConfig::default() });
+    s.track(TokenId::new(A), MarketId::new(M), meta());
+    let mut ra = reference(A);
+    ra.set_level(Side::Buy, p("0.4"), z("1"));
+    s.apply_frame(&book_frame(&ra, 1), &mut NoSink);
+    let e = entry(&ra, Side::Buy, "0.1", "1", 2, None)
+        .replace("\"best_bid\":\"0.4\"", "\"best_bid\":\"0.5\"");
+    s.apply_frame(&pc_frame(&[e], 2), &mut NoSink);
+    assert_eq!(s.counters().bbo_mismatches, 1);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
+}
+
+#[test]
+fn store_untracked_and_unseeded_are_counted_not_kept() {
+    let mut s = store();
+    let stranger = reference("999");
+    s.apply_frame(&book_frame(&stranger, 1), &mut NoSink);
+    assert!(s.get("999").is_none());
+    assert_eq!(s.counters().untracked, 1);
+    // A is tracked but has no snapshot yet.
+    let ra = reference(A);
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.5", "1", 2, None)], 2), &mut NoSink);
+    assert_eq!(s.counters().entries_before_seed, 1);
+    assert!(s.get(A).is_some_and(|b| b.bids().is_empty() && b.status() == BookStatus::Seeding));
+}
+
+#[test]
+fn store_resolution_freezes_both_books() {
+    let (mut s, ra, _) = seeded();
+    let frame = format!(
+        r#"{{"id":"1","market":"{M}","assets_ids":["{A}","{B}"],"winning_asset_id":"{A}","winning_outcome":"Yes","event_message":null,"timestamp":"99","event_type":"market_resolved","tags":[]}}"#
+    );
+    s.apply_frame(&frame, &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Resolved));
+    assert_eq!(s.get(B).map(Book::status), Some(BookStatus::Resolved));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.5", "1", 100, None)], 100), &mut NoSink);
+    assert_eq!(s.counters().after_resolved, 1);
+    assert_eq!(s.get(A).map(|b| b.bids().len()), Some(1));
+}
+
+#[test]
+fn store_last_trade_and_tick_size_change_apply() {
+    let (mut s, _, _) = seeded();
+    let t = format!(
+        r#"{{"market":"{M}","asset_id":"{A}","price":"0.42","size":"3.5","fee_rate_bps":"0","side":"BUY","timestamp":"60","event_type":"last_trade_price","transaction_hash":"0x1"}}"#
+    );
+    s.apply_frame(&t, &mut NoSink);
+    let a = s.get(A).unwrap_or_else(|| panic!());
+    assert_eq!(
+        a.last_trade().map(|t| (t.price, t.size, t.side)),
+        Some((p("0.42"), z("3.5"), Side::Buy))
+    );
+    // One last trade price per market enters both tokens' hashes.
+    assert_eq!(
+        s.get(B).and_then(|b| b.hash_ltp()).map(|l| l.as_str().to_owned()),
+        Some("0.420".into())
+    );
+    let tick = format!(
+        r#"{{"event_type":"tick_size_change","asset_id":"{A}","market":"{M}","old_tick_size":"0.01","new_tick_size":"0.001","timestamp":"61"}}"#
+    );
+    let mut updates = Vec::new();
+    s.apply_frame(&tick, &mut |u: &BookUpdate, _: &Book| updates.push(*u));
+    assert_eq!(updates, [BookUpdate::TickSize { old: Some(p("0.01")), new: p("0.001") }]);
+    assert_eq!(s.get(A).and_then(Book::tick_size), Some(p("0.001")));
+}
+
+#[test]
+fn store_counts_errors_and_keeps_going() {
+    let (mut s, mut ra, _) = seeded();
+    ra.set_level(Side::Buy, p("0.44"), z("4"));
+    let good = pc_frame(&[entry(&ra, Side::Buy, "0.44", "4", 70, None)], 70);
+    let frame =
+        format!("[{{\"event_type\":\"price_change\"}},{good},{{\"event_type\":\"whatever\"}}]");
+    let r = s.apply_frame(&frame, &mut NoSink);
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.events, 2);
+    assert_eq!(s.get(A).map(|b| b.bids().to_vec()), Some(ra.bids().to_vec()));
+    let r = s.apply_frame("{not json", &mut NoSink);
+    assert_eq!(r.errors.len(), 1);
+    let c = s.counters();
+    assert_eq!((c.errors.missing_field + c.errors.unknown_schema, c.errors.malformed), (1, 1));
+    assert_eq!(c.events_unknown_type, 1);
+}
+
+#[test]
+fn store_new_market_hints_are_drained() {
+    let mut s = store();
+    let f = r#"{"event_type":"new_market","id":"1","question":"q","market":"0xnew","slug":"s","assets_ids":["5","6"],"outcomes":["Yes","No"],"timestamp":"1"}"#;
+    s.apply_frame(f, &mut NoSink);
+    let hints = s.drain_new_market_hints();
+    assert_eq!(hints.len(), 1);
+    assert_eq!(hints[0].market.as_str(), "0xnew");
+    assert_eq!(hints[0].tokens.len(), 2);
+    assert!(s.drain_new_market_hints().is_empty());
+}
