@@ -112,6 +112,8 @@ pub struct StoreCounters {
     pub snapshots_repaired: u64,
     pub hash_checks: u64,
     pub hash_mismatches: u64,
+    /// Mismatches resolved by finding the unannounced trade price the venue had hashed.
+    pub hash_ltp_learned: u64,
     /// Checks skipped because min_order_size, neg_risk, tick or last trade price is unknown.
     pub hash_unverifiable: u64,
     pub bbo_checks: u64,
@@ -355,13 +357,16 @@ impl BookStore {
             min_order_size: e.min_order_size,
             neg_risk: e.neg_risk,
         });
-        book.set_hash_ltp(e.last_trade_price.as_deref().and_then(LtpText::new));
+        if let Some(ltp) = e.last_trade_price.as_deref().and_then(LtpText::new) {
+            book.set_hash_ltp(Some(ltp));
+        }
         if book.replace(&e.bids, &e.asks, e.timestamp.0).is_err() {
             self.counters.snapshots_repaired += 1;
         }
         let venue = e.hash.as_deref().and_then(parse_hex);
         book.set_venue_hash(venue);
         sink.on_update(&BookUpdate::Snapshot, book);
+        let ltp_before = book.hash_ltp();
         let verdict = match venue {
             Some(h) if self.config.verify_hash => {
                 hash_verdict(book, h, e.timestamp.0, &mut self.scratch, &mut self.counters)
@@ -373,6 +378,22 @@ impl BookStore {
         match status {
             Some(s) => set_status(book, s, &mut self.counters, sink),
             None => record_failed_check(book, &self.config, &mut self.counters, sink),
+        }
+        let learned = learned_ltp(book, ltp_before);
+        if let Some((market, ltp)) = learned {
+            self.share_ltp(&market, ltp);
+        }
+    }
+
+    /// The venue hashes one last trade price per market: give every tracked token of the
+    /// market the same text.
+    fn share_ltp(&mut self, market: &MarketId, ltp: LtpText) {
+        if let Some(tokens) = self.markets.get(market.as_str()) {
+            for t in tokens {
+                if let Some(b) = self.books.get_mut(t.as_str()) {
+                    b.set_hash_ltp(Some(ltp));
+                }
+            }
         }
     }
 
@@ -422,6 +443,7 @@ impl BookStore {
                 }
                 verdicts[0] = Some(ok);
             }
+            let ltp_before = book.hash_ltp();
             if let Some(h) = venue.filter(|_| self.config.verify_hash) {
                 verdicts[1] = hash_verdict(book, h, ts, &mut self.scratch, &mut self.counters);
             }
@@ -432,6 +454,9 @@ impl BookStore {
                 }
                 Some(false) => record_failed_check(book, &self.config, &mut self.counters, sink),
                 _ => {}
+            }
+            if let Some((market, ltp)) = learned_ltp(book, ltp_before) {
+                self.share_ltp(&market, ltp);
             }
         }
     }
@@ -456,16 +481,8 @@ impl BookStore {
             LastTrade { price: e.price, size: e.size, side: e.side, timestamp_ms: e.timestamp.0 };
         book.set_last_trade(trade);
         sink.on_update(&BookUpdate::LastTrade(trade), book);
-        // The venue hashes one last trade price per market (both tokens carry the same text).
-        let ltp = LtpText::from_price(e.price);
         let market = book.market().clone();
-        if let Some(tokens) = self.markets.get(market.as_str()) {
-            for t in tokens {
-                if let Some(b) = self.books.get_mut(t.as_str()) {
-                    b.set_hash_ltp(Some(ltp));
-                }
-            }
-        }
+        self.share_ltp(&market, LtpText::from_price(e.price));
     }
 
     fn check_best_bid_ask(&mut self, e: &BestBidAskEvent<'_>) {
@@ -503,27 +520,63 @@ impl BookStore {
 }
 
 /// Some(true/false) if the hash could be computed, None if an input is unknown.
+///
+/// The venue puts a trade's price into the hash before `last_trade_price` announces it, so on a
+/// mismatch the recent level prices and the top of book (and their mirrors, since the market
+/// shares one last trade price) are tried as the last trade price; a match is adopted. That is a few extra SHA-1s on
+/// the rare mismatch, and it turns the normal trade sequence from "suspect" into "live".
 fn hash_verdict(
-    book: &Book,
+    book: &mut Book,
     venue: [u8; 20],
     ts: u64,
     scratch: &mut String,
     counters: &mut StoreCounters,
 ) -> Option<bool> {
-    match book_hash(book, ts, scratch) {
-        Some(ours) => {
-            counters.hash_checks += 1;
-            let ok = ours == venue;
-            if !ok {
-                counters.hash_mismatches += 1;
-            }
-            Some(ok)
+    let ours = book_hash(book, ts, scratch);
+    let Some(ours) = ours else {
+        counters.hash_unverifiable += 1;
+        return None;
+    };
+    counters.hash_checks += 1;
+    if ours == venue {
+        return Some(true);
+    }
+    let current = book.hash_ltp();
+    // Trades print at the top of book, and at the levels that just changed.
+    let [r0, r1] = book.recent_prices();
+    let top = [book.best_bid().map(|l| l.price), book.best_ask().map(|l| l.price)];
+    let mut tried: [Price; 8] = [Price::ZERO; 8];
+    let mut n = 0;
+    for p in [r0, r1, top[0].unwrap_or(Price::ZERO), top[1].unwrap_or(Price::ZERO)] {
+        if p.is_zero() {
+            continue;
         }
-        None => {
-            counters.hash_unverifiable += 1;
-            None
+        for candidate in [Some(p), p.complement()].into_iter().flatten() {
+            if tried[..n].contains(&candidate) {
+                continue;
+            }
+            tried[n] = candidate;
+            n += 1;
+            let text = LtpText::from_price(candidate);
+            if Some(text) == current {
+                continue;
+            }
+            book.set_hash_ltp(Some(text));
+            if book_hash(book, ts, scratch) == Some(venue) {
+                counters.hash_ltp_learned += 1;
+                return Some(true);
+            }
         }
     }
+    book.set_hash_ltp(current);
+    counters.hash_mismatches += 1;
+    Some(false)
+}
+
+/// The market and new last trade price text if a hash check just learned one.
+fn learned_ltp(book: &Book, before: Option<LtpText>) -> Option<(MarketId, LtpText)> {
+    let now = book.hash_ltp()?;
+    (Some(now) != before).then(|| (book.market().clone(), now))
 }
 
 /// The venue's top of book uses "0" for no bid and "1" for no ask.

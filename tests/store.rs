@@ -284,3 +284,30 @@ fn store_new_market_hints_are_drained() {
     assert_eq!(hints[0].tokens.len(), 2);
     assert!(s.drain_new_market_hints().is_empty());
 }
+
+#[test]
+fn store_learns_unannounced_trade_price_from_changed_level() {
+    let (mut s, mut ra, mut rb) = seeded();
+    // A trade at 0.6 on A: the venue's hash already carries "0.600" for both tokens before
+    // `last_trade_price` announces it.
+    ra.set_level(Side::Sell, p("0.6"), z("20"));
+    rb.set_level(Side::Buy, p("0.4"), z("20"));
+    ra.set_hash_ltp(LtpText::new("0.600"));
+    rb.set_hash_ltp(LtpText::new("0.600"));
+    let frame = pc_frame(
+        &[
+            entry(&ra, Side::Sell, "0.6", "20", 80, None),
+            entry(&rb, Side::Buy, "0.4", "20", 80, None),
+        ],
+        80,
+    );
+    s.apply_frame(&frame, &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+    assert_eq!(s.get(B).map(Book::status), Some(BookStatus::Live));
+    assert_eq!(s.counters().hash_ltp_learned, 1, "learned once, shared with the sibling");
+    assert_eq!(s.counters().hash_mismatches, 0);
+    assert_eq!(
+        s.get(B).and_then(Book::hash_ltp).map(|l| l.as_str().to_owned()),
+        Some("0.600".into())
+    );
+}

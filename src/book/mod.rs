@@ -110,6 +110,9 @@ pub struct Book {
     venue_hash: Option<[u8; 20]>,
     status: BookStatus,
     failed_checks: u16,
+    /// The last two level prices changed: candidates for an unannounced trade price (see
+    /// `store`), since the venue hashes a trade before it announces it.
+    recent_prices: [Price; 2],
 }
 
 impl Book {
@@ -126,6 +129,7 @@ impl Book {
             venue_hash: None,
             status: BookStatus::Seeding,
             failed_checks: 0,
+            recent_prices: [Price::ZERO; 2],
         }
     }
 
@@ -157,6 +161,10 @@ impl Book {
     /// The venue's hash carried by the last `book` or `price_change` entry applied.
     pub fn venue_hash(&self) -> Option<[u8; 20]> {
         self.venue_hash
+    }
+    /// The last two distinct level prices set by `set_level` (zero if none).
+    pub fn recent_prices(&self) -> [Price; 2] {
+        self.recent_prices
     }
     /// Consecutive failed integrity checks.
     pub fn failed_checks(&self) -> u16 {
@@ -242,6 +250,9 @@ impl Book {
 
     /// Sets the aggregate size at `price` on `side`; zero removes the level. Returns the old size.
     pub fn set_level(&mut self, side: Side, price: Price, size: Size) -> Size {
+        if self.recent_prices[1] != price {
+            self.recent_prices = [self.recent_prices[1], price];
+        }
         let ladder = match side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
@@ -284,9 +295,7 @@ impl Book {
         self.last_trade = Some(trade);
     }
     pub fn set_hash_ltp(&mut self, ltp: Option<LtpText>) {
-        if ltp.is_some() {
-            self.hash_ltp = ltp;
-        }
+        self.hash_ltp = ltp;
     }
     pub fn set_status(&mut self, status: BookStatus) {
         self.status = status;
