@@ -10,6 +10,7 @@
 //! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
 //! - [`view`]: the BOOK JSON shape shared by `replay --dump`, the HTTP API and the simulator.
+//! - [`sim`]: the simulated venue: seeded market model, frames byte for byte, Gamma.
 //! - [`capture`]: the capture line format (`[recv_ns ]frame`).
 
 pub mod book;
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod decimal;
 pub mod ids;
 pub mod protocol;
+pub mod sim;
 pub mod store;
 pub mod view;
 
