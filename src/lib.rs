@@ -18,6 +18,7 @@ pub mod capture;
 pub mod decimal;
 pub mod ids;
 pub mod protocol;
+pub mod routing;
 pub mod sim;
 pub mod store;
 pub mod view;
