@@ -15,6 +15,18 @@ use crate::protocol::market::{
 };
 use crate::protocol::{decode_frame, DecodeError, DecodeErrorKind, FrameKind, MarketEvent, Side};
 
+/// The connection a frame came from. Each book has exactly one feed whose frames change it;
+/// frames from another connection are ignored and counted. A book's `next_feed` takes over
+/// when it delivers a `book` snapshot, which is what makes recycling lossless: the old
+/// connection keeps applying until the new one has a complete book. `FeedId::ANY` bypasses the
+/// check (replay, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FeedId(pub u32);
+
+impl FeedId {
+    pub const ANY: FeedId = FeedId(0);
+}
+
 /// How the store treats events.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -123,6 +135,10 @@ pub struct StoreCounters {
     pub books_marked_suspect: u64,
     pub books_marked_resyncing: u64,
     pub new_market_hints_dropped: u64,
+    /// Events for a token from a connection that is not (yet) its feed.
+    pub not_feed: u64,
+    /// Feed handoffs completed (a new connection's snapshot took a book over).
+    pub feed_handoffs: u64,
 }
 
 /// Decode errors by kind.
@@ -271,14 +287,24 @@ impl BookStore {
         }
     }
 
-    /// Decodes and applies one text frame.
+    /// Decodes and applies one text frame from any source (no feed check).
     pub fn apply_frame(&mut self, text: &str, sink: &mut impl UpdateSink) -> FrameReport {
+        self.apply_frame_from(FeedId::ANY, text, sink)
+    }
+
+    /// Decodes and applies one text frame received on connection `feed`.
+    pub fn apply_frame_from(
+        &mut self,
+        feed: FeedId,
+        text: &str,
+        sink: &mut impl UpdateSink,
+    ) -> FrameReport {
         self.counters.frames += 1;
         let mut report = FrameReport::default();
         let result = decode_frame(text, |ev| match ev {
             Ok(event) => {
                 report.events += 1;
-                self.apply_event(&event, sink);
+                self.apply_event_from(feed, &event, sink);
             }
             Err(e) => {
                 self.counters.errors.add(e.kind);
@@ -302,29 +328,39 @@ impl BookStore {
         report
     }
 
-    /// Applies one decoded event.
+    /// Applies one decoded event from any source.
     pub fn apply_event(&mut self, event: &MarketEvent<'_>, sink: &mut impl UpdateSink) {
+        self.apply_event_from(FeedId::ANY, event, sink)
+    }
+
+    /// Applies one decoded event received on connection `feed`.
+    pub fn apply_event_from(
+        &mut self,
+        feed: FeedId,
+        event: &MarketEvent<'_>,
+        sink: &mut impl UpdateSink,
+    ) {
         self.counters.unknown_fields += u64::from(event.unknown_fields());
         match event {
             MarketEvent::Book(e) => {
                 self.counters.events_book += 1;
-                self.apply_snapshot(e, sink);
+                self.apply_snapshot_from(feed, e, sink);
             }
             MarketEvent::PriceChange(e) => {
                 self.counters.events_price_change += 1;
-                self.apply_price_change(e, sink);
+                self.apply_price_change(feed, e, sink);
             }
             MarketEvent::TickSizeChange(e) => {
                 self.counters.events_tick_size_change += 1;
-                self.apply_tick_size(e, sink);
+                self.apply_tick_size(feed, e, sink);
             }
             MarketEvent::LastTradePrice(e) => {
                 self.counters.events_last_trade_price += 1;
-                self.apply_last_trade(e, sink);
+                self.apply_last_trade(feed, e, sink);
             }
             MarketEvent::BestBidAsk(e) => {
                 self.counters.events_best_bid_ask += 1;
-                self.check_best_bid_ask(e);
+                self.check_best_bid_ask(feed, e);
             }
             MarketEvent::NewMarket(e) => {
                 self.counters.events_new_market += 1;
@@ -332,14 +368,43 @@ impl BookStore {
             }
             MarketEvent::MarketResolved(e) => {
                 self.counters.events_market_resolved += 1;
-                self.apply_resolved(e, sink);
+                self.apply_resolved(feed, e, sink);
             }
             MarketEvent::Unknown { .. } => self.counters.events_unknown_type += 1,
         }
     }
 
-    /// Applies a `book` event or a REST `/book` answer (which also carries the parameters).
+    /// Applies a REST `/book` answer (which also carries the parameters), or any snapshot
+    /// without a feed check.
     pub fn apply_snapshot(&mut self, e: &BookEvent<'_>, sink: &mut impl UpdateSink) {
+        self.apply_snapshot_from(FeedId::ANY, e, sink)
+    }
+
+    /// The connection `feed` will take `token` over at its next snapshot.
+    pub fn assign_feed(&mut self, token: &str, feed: FeedId) {
+        if let Some(book) = self.books.get_mut(token) {
+            if book.feed() != feed.0 {
+                book.set_feeds(book.feed(), feed.0);
+            }
+        }
+    }
+
+    /// The connection feeding `token` is gone: nothing changes the book until another feed's
+    /// snapshot arrives, so it is marked Resyncing.
+    pub fn feed_lost(&mut self, token: &str, feed: FeedId, sink: &mut impl UpdateSink) {
+        let Some(book) = self.books.get_mut(token) else { return };
+        let next = if book.next_feed() == feed.0 { 0 } else { book.next_feed() };
+        if book.feed() == feed.0 {
+            book.set_feeds(0, next);
+            if !matches!(book.status(), BookStatus::Resolved | BookStatus::Seeding) {
+                set_status(book, BookStatus::Resyncing, &mut self.counters, sink);
+            }
+        } else {
+            book.set_feeds(book.feed(), next);
+        }
+    }
+
+    fn apply_snapshot_from(&mut self, feed: FeedId, e: &BookEvent<'_>, sink: &mut impl UpdateSink) {
         if !self.books.contains_key(&*e.asset_id) {
             if !self.config.auto_track {
                 self.counters.untracked += 1;
@@ -350,6 +415,9 @@ impl BookStore {
         let Some(book) = self.books.get_mut(&*e.asset_id) else { return };
         if book.status() == BookStatus::Resolved {
             self.counters.after_resolved += 1;
+            return;
+        }
+        if !admit_snapshot(book, feed, &mut self.counters) {
             return;
         }
         book.merge_meta(TokenMeta {
@@ -397,7 +465,12 @@ impl BookStore {
         }
     }
 
-    fn apply_price_change(&mut self, e: &PriceChangeEvent<'_>, sink: &mut impl UpdateSink) {
+    fn apply_price_change(
+        &mut self,
+        feed: FeedId,
+        e: &PriceChangeEvent<'_>,
+        sink: &mut impl UpdateSink,
+    ) {
         if e.schema != PriceChangeSchema::Current {
             self.counters.events_legacy_schema += 1;
         }
@@ -418,6 +491,9 @@ impl BookStore {
                     continue;
                 }
                 _ => {}
+            }
+            if !admit(book, feed, &mut self.counters) {
+                continue;
             }
             let old = book.set_level(entry.side, entry.price, entry.size);
             book.set_timestamp(ts);
@@ -461,22 +537,38 @@ impl BookStore {
         }
     }
 
-    fn apply_tick_size(&mut self, e: &TickSizeChangeEvent<'_>, sink: &mut impl UpdateSink) {
+    fn apply_tick_size(
+        &mut self,
+        feed: FeedId,
+        e: &TickSizeChangeEvent<'_>,
+        sink: &mut impl UpdateSink,
+    ) {
         let Some(book) = self.books.get_mut(&*e.asset_id) else {
             self.counters.untracked += 1;
             return;
         };
+        if !admit(book, feed, &mut self.counters) {
+            return;
+        }
         let old = book.tick_size();
         book.set_tick_size(e.new_tick_size);
         book.set_timestamp(e.timestamp.0);
         sink.on_update(&BookUpdate::TickSize { old, new: e.new_tick_size }, book);
     }
 
-    fn apply_last_trade(&mut self, e: &LastTradePriceEvent<'_>, sink: &mut impl UpdateSink) {
+    fn apply_last_trade(
+        &mut self,
+        feed: FeedId,
+        e: &LastTradePriceEvent<'_>,
+        sink: &mut impl UpdateSink,
+    ) {
         let Some(book) = self.books.get_mut(&*e.asset_id) else {
             self.counters.untracked += 1;
             return;
         };
+        if !admit(book, feed, &mut self.counters) {
+            return;
+        }
         let trade =
             LastTrade { price: e.price, size: e.size, side: e.side, timestamp_ms: e.timestamp.0 };
         book.set_last_trade(trade);
@@ -485,11 +577,14 @@ impl BookStore {
         self.share_ltp(&market, LtpText::from_price(e.price));
     }
 
-    fn check_best_bid_ask(&mut self, e: &BestBidAskEvent<'_>) {
-        let Some(book) = self.books.get(&*e.asset_id) else {
+    fn check_best_bid_ask(&mut self, feed: FeedId, e: &BestBidAskEvent<'_>) {
+        let Some(book) = self.books.get_mut(&*e.asset_id) else {
             self.counters.untracked += 1;
             return;
         };
+        if !admit(book, feed, &mut self.counters) {
+            return;
+        }
         if !bbo_agrees(book, Some(e.best_bid), Some(e.best_ask)) {
             self.counters.best_bid_ask_disagreements += 1;
         }
@@ -506,9 +601,15 @@ impl BookStore {
         });
     }
 
-    fn apply_resolved(&mut self, e: &MarketResolvedEvent<'_>, sink: &mut impl UpdateSink) {
+    fn apply_resolved(
+        &mut self,
+        feed: FeedId,
+        e: &MarketResolvedEvent<'_>,
+        sink: &mut impl UpdateSink,
+    ) {
         for token in &e.assets_ids {
             match self.books.get_mut(&**token) {
+                Some(book) if !admit(book, feed, &mut self.counters) => {}
                 Some(book) => {
                     book.set_timestamp(e.timestamp.0);
                     set_status(book, BookStatus::Resolved, &mut self.counters, sink);
@@ -517,6 +618,25 @@ impl BookStore {
             }
         }
     }
+}
+
+/// Only the book's feed may change it.
+fn admit(book: &Book, feed: FeedId, counters: &mut StoreCounters) -> bool {
+    if feed == FeedId::ANY || book.feed() == feed.0 {
+        return true;
+    }
+    counters.not_feed += 1;
+    false
+}
+
+/// A snapshot from the book's next feed hands the book over to it.
+fn admit_snapshot(book: &mut Book, feed: FeedId, counters: &mut StoreCounters) -> bool {
+    if feed != FeedId::ANY && book.feed() != feed.0 && book.next_feed() == feed.0 {
+        book.set_feeds(feed.0, 0);
+        counters.feed_handoffs += 1;
+        return true;
+    }
+    admit(book, feed, counters)
 }
 
 /// Some(true/false) if the hash could be computed, None if an input is unknown.

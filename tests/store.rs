@@ -311,3 +311,40 @@ fn store_learns_unannounced_trade_price_from_changed_level() {
         Some("0.600".into())
     );
 }
+
+#[test]
+fn store_feed_authority_and_make_before_break_handoff() {
+    use polybook::store::FeedId;
+    let mut s = store();
+    let (old, new) = (FeedId(1), FeedId(2));
+    s.assign_feed(A, old);
+    let mut ra = reference(A);
+    ra.set_level(Side::Buy, p("0.4"), z("10"));
+    // The first snapshot from the assigned connection makes it the feed.
+    s.apply_frame_from(old, &book_frame(&ra, 1), &mut NoSink);
+    assert_eq!(s.get(A).map(|b| (b.feed(), b.status())), Some((1, BookStatus::Live)));
+    // Recycling: the new connection is assigned, but until its snapshot the old one feeds.
+    s.assign_feed(A, new);
+    ra.set_level(Side::Buy, p("0.41"), z("1"));
+    let f = pc_frame(&[entry(&ra, Side::Buy, "0.41", "1", 2, None)], 2);
+    s.apply_frame_from(new, &f, &mut NoSink);
+    assert_eq!(s.counters().not_feed, 1, "new connection's delta before its snapshot is ignored");
+    s.apply_frame_from(old, &f, &mut NoSink);
+    assert_eq!(s.get(A).map(|b| b.bids().len()), Some(2));
+    s.apply_frame_from(new, &book_frame(&ra, 3), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::feed), Some(2));
+    assert_eq!(s.counters().feed_handoffs, 2);
+    // After the handoff the old connection's frames are ignored.
+    ra.set_level(Side::Buy, p("0.42"), z("1"));
+    let f = pc_frame(&[entry(&ra, Side::Buy, "0.42", "1", 4, None)], 4);
+    s.apply_frame_from(old, &f, &mut NoSink);
+    assert_eq!(s.get(A).map(|b| b.bids().len()), Some(2));
+    assert_eq!(s.counters().not_feed, 2);
+    // Losing the feed marks the book Resyncing until another snapshot.
+    s.feed_lost(A, new, &mut NoSink);
+    assert_eq!(s.get(A).map(|b| (b.feed(), b.status())), Some((0, BookStatus::Resyncing)));
+    s.assign_feed(A, FeedId(3));
+    s.apply_frame_from(FeedId(3), &book_frame(&ra, 5), &mut NoSink);
+    assert_eq!(s.get(A).map(|b| (b.feed(), b.status())), Some((3, BookStatus::Live)));
+    assert_eq!(s.get(A).map(|b| b.bids().to_vec()), Some(ra.bids().to_vec()));
+}

@@ -113,6 +113,10 @@ pub struct Book {
     /// The last two level prices changed: candidates for an unannounced trade price (see
     /// `store`), since the venue hashes a trade before it announces it.
     recent_prices: [Price; 2],
+    /// The connection whose frames change this book (0: none), and the one that takes over
+    /// when its next `book` arrives (make-before-break handoff). See `store::FeedId`.
+    feed: u32,
+    next_feed: u32,
 }
 
 impl Book {
@@ -130,6 +134,8 @@ impl Book {
             status: BookStatus::Seeding,
             failed_checks: 0,
             recent_prices: [Price::ZERO; 2],
+            feed: 0,
+            next_feed: 0,
         }
     }
 
@@ -165,6 +171,18 @@ impl Book {
     /// The last two distinct level prices set by `set_level` (zero if none).
     pub fn recent_prices(&self) -> [Price; 2] {
         self.recent_prices
+    }
+    /// The connection that currently feeds this book (0: none).
+    pub fn feed(&self) -> u32 {
+        self.feed
+    }
+    /// The connection that takes over at its next snapshot (0: none).
+    pub fn next_feed(&self) -> u32 {
+        self.next_feed
+    }
+    pub fn set_feeds(&mut self, feed: u32, next_feed: u32) {
+        self.feed = feed;
+        self.next_feed = next_feed;
     }
     /// Consecutive failed integrity checks.
     pub fn failed_checks(&self) -> u16 {
