@@ -9,6 +9,8 @@
 //! - [`protocol`]: market-channel frames decoded zero-copy; subscribe frames encoded.
 //! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
+//! - [`policy`]: backoff, watchdog verdicts, market-to-connection placement.
+//! - [`routing`]: `shard_for(market)`, the one hash that places markets on shards.
 //! - [`view`]: the BOOK JSON shape shared by `replay --dump`, the HTTP API and the simulator.
 //! - [`sim`]: the simulated venue: seeded market model, frames byte for byte, Gamma.
 //! - [`capture`]: the capture line format (`[recv_ns ]frame`).
@@ -17,6 +19,7 @@ pub mod book;
 pub mod capture;
 pub mod decimal;
 pub mod ids;
+pub mod policy;
 pub mod protocol;
 pub mod routing;
 pub mod sim;
