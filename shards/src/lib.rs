@@ -2,4 +2,5 @@
 //! and the command-line tools. Only this crate names glommio.
 
 pub mod config;
+pub mod net;
 pub mod replay;

@@ -1,0 +1,550 @@
+//! Outbound connections on glommio: WebSocket clients for the venue's market channel (ws:// to
+//! the simulator, wss:// to the real venue through rustls with ring) and a small HTTP/1.1 client
+//! for REST calls and the simulator's control endpoints.
+//!
+//! DNS names are resolved on glommio's blocking pool because the std resolver blocks, and
+//! glommio's own connect would resolve on the executor. Every phase has a timeout.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::WebSocketStream;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_rustls::pki_types::ServerName;
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
+use futures_rustls::TlsConnector;
+use glommio::net::TcpStream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::NetError;
+use super::http::{body_kind, decode_chunked, find_header, BodyKind, ChunkError};
+use super::server::{read_more, with_timeout};
+
+/// A client connection: plain TCP or TLS over TCP. Both are `Unpin`, so the enum forwards the
+/// I/O traits without pinning tricks.
+pub enum ClientStream {
+    Plain(TcpStream),
+    // Boxed: a rustls connection is several KiB and would bloat every plain stream too.
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP socket under the stream, e.g. to read its addresses.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            ClientStream::Plain(_) => "Plain",
+            ClientStream::Tls(_) => "Tls",
+        };
+        f.debug_struct("ClientStream").field("kind", &kind).finish()
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_close(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// The client side of a WebSocket.
+pub type ClientWs = WebSocketStream<ClientStream>;
+
+/// Timeouts, limits and TLS trust of outbound connections.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Per address tried.
+    pub connect_timeout: Duration,
+    /// TLS plus WebSocket handshake, or one whole HTTP exchange.
+    pub io_timeout: Duration,
+    /// Trust for wss:// and https://; `None` uses the bundled webpki roots.
+    pub tls: Option<Arc<ClientConfig>>,
+    /// Limits of the WebSocket; `None` for tungstenite's defaults.
+    pub ws_config: Option<WebSocketConfig>,
+    /// Largest HTTP response body accepted.
+    pub max_response_body: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            tls: None,
+            ws_config: None,
+            max_response_body: 64 << 20,
+        }
+    }
+}
+
+/// A parsed `scheme://host[:port]/path?query`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// Without brackets for IPv6 literals.
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses a ws, wss, http or https URL. User info and fragments are refused.
+    pub fn parse(url: &str) -> Result<Self, NetError> {
+        let bad = |reason| NetError::BadUrl { url: url.to_owned(), reason };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "ws" | "http" => (false, 80),
+            "wss" | "https" => (true, 443),
+            _ => return Err(bad("scheme is not ws, wss, http or https")),
+        };
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if authority.contains('@') {
+            return Err(bad("user info is not supported"));
+        }
+        if path.contains('#') {
+            return Err(bad("fragments are not allowed"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            match after {
+                "" => (host, None),
+                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?)),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad("bad port"))?,
+            None => default_port,
+        };
+        let path = match path {
+            "" => "/".to_owned(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_owned(),
+        };
+        Ok(Self { tls, host: host.to_owned(), port, path })
+    }
+
+    /// `host[:port]` for the `Host` header: the port is left out when it is the default.
+    pub fn host_header(&self) -> String {
+        let host =
+            if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == if self.tls { 443 } else { 80 } {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// The process-wide default TLS client config: webpki roots, ring, TLS 1.2 and 1.3.
+///
+/// The provider is named explicitly: if another crate enables aws-lc-rs as well, rustls's
+/// implicit choice panics at run time.
+pub fn default_tls_config() -> Result<Arc<ClientConfig>, NetError> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(Arc::clone(c));
+    }
+    let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = tls_config_with_roots(roots)?;
+    Ok(Arc::clone(CONFIG.get_or_init(|| config)))
+}
+
+/// A TLS client config trusting exactly `roots` (tests use it with a self-signed certificate).
+pub fn tls_config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, NetError> {
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Resolves `host:port`. IP literals are used as they are; names go to the blocking pool.
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let owned = host.to_owned();
+    let res = glommio::executor()
+        .spawn_blocking(move || (owned.as_str(), port).to_socket_addrs().map(Vec::from_iter))
+        .await;
+    match res {
+        Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+        Ok(_) => Err(NetError::Resolve {
+            host: host.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no address"),
+        }),
+        Err(source) => Err(NetError::Resolve { host: host.to_owned(), source }),
+    }
+}
+
+/// Opens TCP (with TCP_NODELAY) to the target, trying each resolved address in turn, then TLS
+/// when the scheme asks for it.
+pub async fn connect_stream(
+    target: &Target,
+    opts: &ConnectOptions,
+) -> Result<ClientStream, NetError> {
+    let addrs = resolve(&target.host, target.port).await?;
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, opts.connect_timeout.max(Duration::from_millis(1)))
+            .await
+        {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(NetError::Connect { addr, source: io::Error::from(e) }),
+        }
+    }
+    let tcp = match (tcp, last) {
+        (Some(tcp), _) => tcp,
+        (None, Some(e)) => return Err(e),
+        (None, None) => return Err(NetError::Timeout("connect")),
+    };
+    // Without it a TLS handshake waits on Nagle's timer (~43 ms measured) and so do frames.
+    tcp.set_nodelay(true)?;
+    if !target.tls {
+        return Ok(ClientStream::Plain(tcp));
+    }
+    let config = match &opts.tls {
+        Some(c) => Arc::clone(c),
+        None => default_tls_config()?,
+    };
+    let name =
+        ServerName::try_from(target.host.clone()).map_err(|e| NetError::Tls(e.to_string()))?;
+    let tls = with_timeout(opts.io_timeout, TlsConnector::from(config).connect(name, tcp))
+        .await
+        .ok_or(NetError::Timeout("tls handshake"))??;
+    Ok(ClientStream::Tls(Box::new(tls)))
+}
+
+/// Connects a WebSocket to a `ws://` or `wss://` URL with default options.
+pub async fn connect_ws(url: &str) -> Result<ClientWs, NetError> {
+    connect_ws_with(url, &ConnectOptions::default()).await
+}
+
+/// Connects a WebSocket with explicit options.
+///
+/// For throughput, send with `SinkExt::feed` and `flush` every few dozen frames: `send` flushes
+/// (one syscall) per frame.
+pub async fn connect_ws_with(url: &str, opts: &ConnectOptions) -> Result<ClientWs, NetError> {
+    let target = Target::parse(url)?;
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
+        return Err(NetError::BadUrl { url: url.to_owned(), reason: "scheme is not ws or wss" });
+    }
+    let stream = connect_stream(&target, opts).await?;
+    let handshake = async_tungstenite::client_async_with_config(url, stream, opts.ws_config);
+    let (ws, _response) = with_timeout(opts.io_timeout, handshake)
+        .await
+        .ok_or(NetError::Timeout("ws handshake"))??;
+    Ok(ws)
+}
+
+/// A response read by the HTTP client.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header with this name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// The body as text (lossy: for messages and logs).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, NetError> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+/// One HTTP/1.1 connection that can carry several requests in turn (keep-alive).
+pub struct HttpConnection {
+    stream: ClientStream,
+    buf: Vec<u8>,
+    host: String,
+    opts: ConnectOptions,
+    reusable: bool,
+}
+
+impl HttpConnection {
+    /// Connects to the origin of an `http://` or `https://` URL (its path is ignored).
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, NetError> {
+        let target = Target::parse(url)?;
+        let stream = connect_stream(&target, opts).await?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+            host: target.host_header(),
+            opts: opts.clone(),
+            reusable: true,
+        })
+    }
+
+    /// Whether another request may be sent: false once the server said `connection: close`,
+    /// a body ran to end of stream, or an exchange failed.
+    pub fn is_reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// Sends one request and reads its response. `path` includes the query string; `body` is
+    /// `(content type, bytes)`.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<HttpResponse, NetError> {
+        self.exchange(method, path, body, false).await
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        close: bool,
+    ) -> Result<HttpResponse, NetError> {
+        if !self.reusable {
+            return Err(NetError::BadResponse("connection is no longer usable".into()));
+        }
+        let unsafe_text = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == b' ');
+        if unsafe_text(method) || unsafe_text(path) || !path.starts_with('/') {
+            return Err(NetError::BadUrl { url: path.to_owned(), reason: "bad method or path" });
+        }
+        // Cleared first so that a timeout or error part-way leaves the connection unusable.
+        self.reusable = false;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        if let Some((ctype, bytes)) = body {
+            head.push_str(&format!("content-type: {ctype}\r\ncontent-length: {}\r\n", bytes.len()));
+        } else if method == "POST" || method == "PUT" || method == "PATCH" {
+            head.push_str("content-length: 0\r\n");
+        }
+        if close {
+            head.push_str("connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        let io_timeout = self.opts.io_timeout;
+        let res = with_timeout(io_timeout, async {
+            let mut wire = head.into_bytes();
+            if let Some((_, bytes)) = body {
+                wire.extend_from_slice(bytes);
+            }
+            self.stream.write_all(&wire).await?;
+            self.stream.flush().await?;
+            self.read_response(method == "HEAD").await
+        })
+        .await;
+        res.ok_or(NetError::Timeout("http exchange"))?
+    }
+
+    async fn read_response(&mut self, head_only: bool) -> Result<HttpResponse, NetError> {
+        let max_body = self.opts.max_response_body;
+        loop {
+            let (status, headers, head_len) = loop {
+                let mut hdrs = [httparse::EMPTY_HEADER; 128];
+                let mut parsed = httparse::Response::new(&mut hdrs);
+                match parsed.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let headers: Vec<(String, String)> = parsed
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned())
+                            })
+                            .collect();
+                        break (parsed.code.unwrap_or(0), headers, n);
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() > 64 << 10 => {
+                        return Err(NetError::BadResponse("response head too large".into()))
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => return Err(NetError::BadResponse(e.to_string())),
+                }
+                if read_more(&mut self.stream, &mut self.buf, 16 << 10).await? == 0 {
+                    return Err(NetError::BadResponse("connection closed before response".into()));
+                }
+            };
+            self.buf.drain(..head_len);
+            // Interim answers (100 Continue) precede the real one.
+            if (100..200).contains(&status) && status != 101 {
+                continue;
+            }
+            let mut keep = !find_header(&headers, "connection")
+                .is_some_and(|c| super::http::has_token(c, "close"));
+            let no_body = head_only || status == 204 || status == 304 || status < 200;
+            let kind = if no_body {
+                Some(BodyKind::Length(0))
+            } else {
+                body_kind(&headers).map_err(|e| NetError::BadResponse(e.message().into()))?
+            };
+            let body = match kind {
+                Some(BodyKind::Length(n)) => {
+                    let n = usize::try_from(n)
+                        .ok()
+                        .filter(|&n| n <= max_body)
+                        .ok_or_else(|| NetError::BadResponse("response body too large".into()))?;
+                    while self.buf.len() < n {
+                        let want = (n - self.buf.len()).clamp(4096, 256 << 10);
+                        if read_more(&mut self.stream, &mut self.buf, want).await? == 0 {
+                            return Err(NetError::BadResponse("truncated body".into()));
+                        }
+                    }
+                    self.buf.drain(..n).collect()
+                }
+                Some(BodyKind::Chunked) => loop {
+                    match decode_chunked(&self.buf, max_body) {
+                        Ok(Some((body, used))) => {
+                            self.buf.drain(..used);
+                            break body;
+                        }
+                        Ok(None) => {}
+                        Err(ChunkError::TooLarge) => {
+                            return Err(NetError::BadResponse("response body too large".into()))
+                        }
+                        Err(ChunkError::Malformed) => {
+                            return Err(NetError::BadResponse("malformed chunked body".into()))
+                        }
+                    }
+                    if read_more(&mut self.stream, &mut self.buf, 16 << 10).await? == 0 {
+                        return Err(NetError::BadResponse("truncated chunked body".into()));
+                    }
+                },
+                None => {
+                    // Delimited by end of stream: the connection cannot be reused.
+                    keep = false;
+                    while read_more(&mut self.stream, &mut self.buf, 16 << 10).await? > 0 {
+                        if self.buf.len() > max_body {
+                            return Err(NetError::BadResponse("response body too large".into()));
+                        }
+                    }
+                    std::mem::take(&mut self.buf)
+                }
+            };
+            self.reusable = keep;
+            return Ok(HttpResponse { status, headers, body });
+        }
+    }
+}
+
+/// One request on a fresh connection (`connection: close`).
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+    opts: &ConnectOptions,
+) -> Result<HttpResponse, NetError> {
+    let target = Target::parse(url)?;
+    let connect = HttpConnection::connect(url, opts);
+    let mut conn = with_timeout(opts.connect_timeout + opts.io_timeout, connect)
+        .await
+        .ok_or(NetError::Timeout("connect"))??;
+    conn.exchange(method, &target.path, body, true).await
+}
+
+/// `GET url` with default options.
+pub async fn http_get(url: &str) -> Result<HttpResponse, NetError> {
+    http_request("GET", url, None, &ConnectOptions::default()).await
+}
+
+/// `POST url` with `value` as a JSON body, default options.
+pub async fn http_post_json<T: Serialize + ?Sized>(
+    url: &str,
+    value: &T,
+) -> Result<HttpResponse, NetError> {
+    let body = serde_json::to_vec(value)?;
+    http_request("POST", url, Some(("application/json", &body)), &ConnectOptions::default()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(tls: bool, host: &str, port: u16, path: &str) -> Target {
+        Target { tls, host: host.into(), port, path: path.into() }
+    }
+
+    #[test]
+    fn url_parsing() {
+        let p = |u: &str| Target::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+        assert_eq!(p("ws://127.0.0.1:8080/ws/market"), t(false, "127.0.0.1", 8080, "/ws/market"));
+        assert_eq!(p("wss://example.com/ws"), t(true, "example.com", 443, "/ws"));
+        assert_eq!(p("http://h:1?x=1"), t(false, "h", 1, "/?x=1"));
+        assert_eq!(p("HTTPS://h"), t(true, "h", 443, "/"));
+        assert_eq!(p("ws://[::1]:9/a?b"), t(false, "::1", 9, "/a?b"));
+        assert_eq!(p("ws://[::1]:9/").host_header(), "[::1]:9");
+        assert_eq!(p("https://h:443/").host_header(), "h");
+        for bad in ["127.0.0.1:80", "ftp://h/", "ws://:80/", "ws://h:0/", "ws://h:x/", "ws://u@h/"]
+        {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
