@@ -206,6 +206,7 @@ pub struct BookStore {
     markets: HashMap<MarketId, Vec<TokenId>>,
     counters: StoreCounters,
     hints: Vec<NewMarketHint>,
+    resolved: Vec<MarketId>,
     scratch: String,
 }
 
@@ -217,6 +218,7 @@ impl BookStore {
             markets: HashMap::new(),
             counters: StoreCounters::default(),
             hints: Vec::new(),
+            resolved: Vec::new(),
             scratch: String::with_capacity(4096),
         }
     }
@@ -242,6 +244,10 @@ impl BookStore {
     /// Tokens of a market that this store tracks.
     pub fn market_tokens(&self, market: &str) -> &[TokenId] {
         self.markets.get(market).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// Markets whose `market_resolved` arrived since the last call.
+    pub fn drain_resolved_markets(&mut self) -> Vec<MarketId> {
+        std::mem::take(&mut self.resolved)
     }
     /// `new_market` hints since the last call.
     pub fn drain_new_market_hints(&mut self) -> Vec<NewMarketHint> {
@@ -607,15 +613,20 @@ impl BookStore {
         e: &MarketResolvedEvent<'_>,
         sink: &mut impl UpdateSink,
     ) {
+        let mut any = false;
         for token in &e.assets_ids {
             match self.books.get_mut(&**token) {
                 Some(book) if !admit(book, feed, &mut self.counters) => {}
                 Some(book) => {
+                    any = true;
                     book.set_timestamp(e.timestamp.0);
                     set_status(book, BookStatus::Resolved, &mut self.counters, sink);
                 }
                 None => self.counters.untracked += 1,
             }
+        }
+        if any && self.resolved.len() < self.config.new_market_hints_max {
+            self.resolved.push(MarketId::new(&e.market));
         }
     }
 }

@@ -2,5 +2,6 @@
 //! and the command-line tools. Only this crate names glommio.
 
 pub mod config;
+pub mod engine;
 pub mod net;
 pub mod replay;

@@ -1,0 +1,454 @@
+//! The control shard: the market registry (the target state), Gamma discovery on a blocking
+//! thread, lifecycle (resolved and closed markets), and the HTTP API. It never touches a book:
+//! it sends commands to the data shard that owns each market and reads their reports.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use hashbrown::HashMap;
+use polybook::book::TokenMeta;
+use polybook::protocol::gamma::GammaMarket;
+use polybook::routing::shard_for;
+use polybook::{MarketId, TokenId};
+
+use super::discovery::{discover, DiscoveryLimits};
+use super::mesh::{Command, MarketSpec, Report, ShardStats};
+use crate::net::{Handler, Request, Response, Server, ServerConfig, Shutdown};
+
+/// What the control shard needs to know.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub gamma_url: String,
+    pub discovery: DiscoveryLimits,
+    pub discovery_interval: Duration,
+    pub api_listen: String,
+    pub resolved_grace: Duration,
+}
+
+/// A market's lifecycle as the registry sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Listed open by Gamma and subscribed.
+    Active,
+    /// `market_resolved` arrived; kept visible for the grace period.
+    Resolved,
+    /// Gamma no longer lists it as open; kept visible for the grace period.
+    Closed,
+}
+
+struct Entry {
+    market: GammaMarket,
+    shard: usize,
+    state: Lifecycle,
+    since: Instant,
+}
+
+#[derive(Default, serde::Serialize)]
+struct DiscoveryStats {
+    runs: u64,
+    failures: u64,
+    requests: u64,
+    retries: u64,
+    last_markets: usize,
+    last_rejected: usize,
+    last_error: Option<String>,
+    last_ok_ms_ago: Option<u64>,
+    #[serde(skip)]
+    last_ok: Option<Instant>,
+}
+
+struct Control {
+    cfg: ControlConfig,
+    registry: HashMap<MarketId, Entry>,
+    tokens: HashMap<TokenId, MarketId>,
+    shards: Vec<flume::Sender<Command>>,
+    discovery: DiscoveryStats,
+    started: Instant,
+    /// Fired to run discovery now (a `new_market` hint); replaced after each run.
+    wake_discovery: Shutdown,
+}
+
+type ControlRef = Rc<RefCell<Control>>;
+
+/// Runs the control shard until `stop` receives a message. Sends the API's bound address (or
+/// the bind error) on `bound` first.
+pub async fn run(
+    cfg: ControlConfig,
+    shards: Vec<flume::Sender<Command>>,
+    reports: flume::Receiver<Report>,
+    stop: flume::Receiver<()>,
+    bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let server = match Server::bind(cfg.api_listen.as_str(), ServerConfig::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = bound.send(Err(format!("cannot listen on {}: {e}", cfg.api_listen)));
+            for s in &shards {
+                let _ = s.send_async(Command::Shutdown).await;
+            }
+            return;
+        }
+    };
+    let _ = bound.send(Ok(server.local_addr()));
+    let control = Rc::new(RefCell::new(Control {
+        cfg,
+        registry: HashMap::new(),
+        tokens: HashMap::new(),
+        shards,
+        discovery: DiscoveryStats::default(),
+        started: Instant::now(),
+        wake_discovery: Shutdown::new(),
+    }));
+    let api_stop = Shutdown::new();
+    let api = glommio::spawn_local(
+        server.serve(Rc::new(Api { control: Rc::clone(&control) }), api_stop.clone()),
+    )
+    .detach();
+    let stopping = Shutdown::new();
+    let disc = glommio::spawn_local(discovery_loop(Rc::clone(&control), stopping.clone())).detach();
+    let rep =
+        glommio::spawn_local(report_loop(Rc::clone(&control), reports, stopping.clone())).detach();
+    let _ = stop.recv_async().await;
+    tracing::info!("stopping");
+    stopping.trigger();
+    api_stop.trigger();
+    let shards = control.borrow().shards.clone();
+    for s in &shards {
+        let _ = s.send_async(Command::Shutdown).await;
+    }
+    let _ = api.await;
+    drop(disc);
+    drop(rep);
+}
+
+async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
+    while !stopping.is_triggered() {
+        let (url, limits) = {
+            let c = control.borrow();
+            (c.cfg.gamma_url.clone(), c.cfg.discovery.clone())
+        };
+        let (tx, rx) = flume::bounded(1);
+        // ureq blocks: never on an executor.
+        let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || {
+            let _ = tx.send(discover(&url, &limits));
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the discovery thread");
+        }
+        let result = future::or(async { rx.recv_async().await.ok() }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        match result {
+            Some(Ok(run)) => {
+                let specs = {
+                    let mut c = control.borrow_mut();
+                    c.discovery.runs += 1;
+                    c.discovery.requests += u64::from(run.requests);
+                    c.discovery.retries += u64::from(run.retries);
+                    c.discovery.last_markets = run.markets.len();
+                    c.discovery.last_rejected = run.rejected;
+                    c.discovery.last_ok = Some(Instant::now());
+                    c.discovery.last_error = None;
+                    tracing::info!(markets = run.markets.len(), pages = run.pages, "discovery");
+                    apply_discovery(&mut c, run.markets, run.truncated)
+                };
+                send_commands(&control, specs).await;
+            }
+            Some(Err(e)) => {
+                let mut c = control.borrow_mut();
+                c.discovery.runs += 1;
+                c.discovery.failures += 1;
+                c.discovery.last_error = Some(e.to_string());
+                tracing::warn!(error = %e, "discovery failed; keeping the last registry");
+            }
+            None => return,
+        }
+        let expired = sweep_expired(&mut control.borrow_mut());
+        send_commands(&control, expired).await;
+        let (interval, wake) = {
+            let mut c = control.borrow_mut();
+            c.wake_discovery = Shutdown::new();
+            (c.cfg.discovery_interval, c.wake_discovery.clone())
+        };
+        future::or(future::or(glommio::timer::sleep(interval), wake.wait()), stopping.wait()).await;
+    }
+}
+
+/// Commands per shard: markets to track and to untrack.
+type ShardCommands = Vec<(usize, Command)>;
+
+fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) -> ShardCommands {
+    let n = c.shards.len().max(1);
+    let mut track: Vec<Vec<MarketSpec>> = vec![Vec::new(); n];
+    let mut seen: hashbrown::HashSet<MarketId> = hashbrown::HashSet::new();
+    for m in markets {
+        seen.insert(m.condition_id.clone());
+        if let Some(e) = c.registry.get_mut(m.condition_id.as_str()) {
+            if e.state == Lifecycle::Closed {
+                // Listed open again (Gamma flapped): subscribe again.
+                e.state = Lifecycle::Active;
+                e.since = Instant::now();
+                track[e.shard].push(spec_of(&e.market));
+            }
+            continue;
+        }
+        let shard = shard_for(m.condition_id.as_str(), n);
+        track[shard].push(spec_of(&m));
+        for t in &m.tokens {
+            c.tokens.insert(t.clone(), m.condition_id.clone());
+        }
+        c.registry.insert(
+            m.condition_id.clone(),
+            Entry { market: m, shard, state: Lifecycle::Active, since: Instant::now() },
+        );
+    }
+    let mut out: ShardCommands = Vec::new();
+    if !truncated {
+        // No longer listed as open: closed on the venue.
+        let mut untrack: Vec<Vec<MarketId>> = vec![Vec::new(); n];
+        for (id, e) in c.registry.iter_mut() {
+            if e.state == Lifecycle::Active && !seen.contains(id) {
+                e.state = Lifecycle::Closed;
+                e.since = Instant::now();
+                untrack[e.shard].push(id.clone());
+            }
+        }
+        out.extend(
+            untrack
+                .into_iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(i, v)| (i, Command::Untrack(v))),
+        );
+    }
+    out.extend(
+        track
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, v)| (i, Command::Track(v))),
+    );
+    out
+}
+
+fn spec_of(m: &GammaMarket) -> MarketSpec {
+    MarketSpec {
+        market: m.condition_id.clone(),
+        tokens: m.tokens.clone(),
+        meta: TokenMeta {
+            tick_size: m.tick_size,
+            min_order_size: m.min_order_size,
+            neg_risk: Some(m.neg_risk),
+        },
+    }
+}
+
+/// Resolved and closed markets leave the registry after the grace period.
+fn sweep_expired(c: &mut Control) -> ShardCommands {
+    let grace = c.cfg.resolved_grace;
+    let n = c.shards.len().max(1);
+    let mut untrack: Vec<Vec<MarketId>> = vec![Vec::new(); n];
+    let expired: Vec<MarketId> = c
+        .registry
+        .iter()
+        .filter(|(_, e)| e.state != Lifecycle::Active && e.since.elapsed() >= grace)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in expired {
+        if let Some(e) = c.registry.remove(id.as_str()) {
+            for t in &e.market.tokens {
+                c.tokens.remove(t.as_str());
+            }
+            if e.state == Lifecycle::Resolved {
+                untrack[e.shard].push(id);
+            }
+        }
+    }
+    untrack
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(i, v)| (i, Command::Untrack(v)))
+        .collect()
+}
+
+async fn send_commands(control: &ControlRef, cmds: ShardCommands) {
+    for (shard, cmd) in cmds {
+        let tx = control.borrow().shards.get(shard).cloned();
+        if let Some(tx) = tx {
+            // Bounded: wait for room, never drop a command.
+            let _ = tx.send_async(cmd).await;
+        }
+    }
+}
+
+async fn report_loop(control: ControlRef, reports: flume::Receiver<Report>, stopping: Shutdown) {
+    loop {
+        let r = future::or(async { reports.recv_async().await.ok() }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        let Some(r) = r else { return };
+        let mut c = control.borrow_mut();
+        match r {
+            Report::Resolved { market, .. } => {
+                if let Some(e) = c.registry.get_mut(market.as_str()) {
+                    e.state = Lifecycle::Resolved;
+                    e.since = Instant::now();
+                }
+            }
+            Report::NewMarkets { hints, .. } => {
+                if hints.iter().any(|h| !c.registry.contains_key(h.market.as_str())) {
+                    c.wake_discovery.trigger();
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP API on the control shard.
+struct Api {
+    control: ControlRef,
+}
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Handler for Api {
+    fn handle(&self, _req: &Request) -> Response {
+        Response::not_found()
+    }
+
+    fn handle_async(
+        &self,
+        req: &Request,
+    ) -> Option<futures_util::future::LocalBoxFuture<'static, Response>> {
+        if req.method != "GET" {
+            return None;
+        }
+        let control = Rc::clone(&self.control);
+        let path = req.path.clone();
+        let depth = req.query_param("depth").and_then(|d| d.parse::<usize>().ok());
+        match path.as_str() {
+            "/health" => Some(Box::pin(async move { health(&control).await })),
+            "/stats" => Some(Box::pin(async move { stats_response(&control).await })),
+            p if p.starts_with("/books/") => {
+                let token = p.trim_start_matches("/books/").to_owned();
+                Some(Box::pin(async move { get_book(&control, &token, depth).await }))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn query<T>(
+    tx: &flume::Sender<Command>,
+    make: impl FnOnce(flume::Sender<T>) -> Command,
+) -> Option<T> {
+    let (reply, rx) = flume::bounded(1);
+    tx.send_async(make(reply)).await.ok()?;
+    future::or(async { rx.recv_async().await.ok() }, async {
+        glommio::timer::sleep(QUERY_TIMEOUT).await;
+        None
+    })
+    .await
+}
+
+async fn gather_stats(control: &ControlRef) -> Vec<Option<ShardStats>> {
+    let shards = control.borrow().shards.clone();
+    let mut out = Vec::with_capacity(shards.len());
+    for tx in &shards {
+        out.push(query(tx, |reply| Command::Stats { reply }).await);
+    }
+    out
+}
+
+async fn health(control: &ControlRef) -> Response {
+    let stats = gather_stats(control).await;
+    let down: Vec<usize> =
+        stats.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect();
+    if down.is_empty() {
+        Response::json(200, &serde_json::json!({"status": "ok", "shards": stats.len()}))
+    } else {
+        Response::json(
+            503,
+            &serde_json::json!({"status": "unavailable", "shards_not_answering": down}),
+        )
+    }
+}
+
+async fn stats_response(control: &ControlRef) -> Response {
+    let shards = gather_stats(control).await;
+    let c = control.borrow();
+    let mut by_state: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for e in c.registry.values() {
+        let k = match e.state {
+            Lifecycle::Active => "active",
+            Lifecycle::Resolved => "resolved",
+            Lifecycle::Closed => "closed",
+        };
+        *by_state.entry(k).or_default() += 1;
+    }
+    let mut totals = serde_json::Map::new();
+    let mut add = |k: &str, v: u64| {
+        let cur = totals.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        totals.insert(k.to_owned(), serde_json::json!(cur + v));
+    };
+    for s in shards.iter().flatten() {
+        add("books", s.books as u64);
+        add("books_seeding", s.books_seeding as u64);
+        add("books_live", s.books_live as u64);
+        add("books_suspect", s.books_suspect as u64);
+        add("books_resyncing", s.books_resyncing as u64);
+        add("books_resolved", s.books_resolved as u64);
+        add("connections", s.connections.len() as u64);
+        add("reconnects", s.reconnects);
+        add("frames", s.store.frames);
+        add("events_price_change", s.store.events_price_change);
+        add("events_book", s.store.events_book);
+        add("decode_errors", s.store.errors.total());
+        add("hash_checks", s.store.hash_checks);
+        add("hash_mismatches", s.store.hash_mismatches);
+        add("untracked", s.store.untracked);
+    }
+    let mut disc = serde_json::to_value(&c.discovery).unwrap_or_default();
+    if let (Some(obj), Some(t)) = (disc.as_object_mut(), c.discovery.last_ok) {
+        obj.insert("last_ok_ms_ago".into(), serde_json::json!(t.elapsed().as_millis() as u64));
+    }
+    Response::json(
+        200,
+        &serde_json::json!({
+            "uptime_ms": c.started.elapsed().as_millis() as u64,
+            "markets": by_state,
+            "markets_total": c.registry.len(),
+            "totals": totals,
+            "discovery": disc,
+            "shards": shards,
+        }),
+    )
+}
+
+async fn get_book(control: &ControlRef, token: &str, depth: Option<usize>) -> Response {
+    let target = {
+        let c = control.borrow();
+        c.tokens
+            .get(token)
+            .and_then(|m| c.registry.get(m.as_str()))
+            .and_then(|e| c.shards.get(e.shard).cloned())
+    };
+    let Some(tx) = target else {
+        return Response::error(404, "unknown token");
+    };
+    let token = TokenId::new(token);
+    match query(&tx, |reply| Command::GetBook { token, depth, reply }).await {
+        Some(Some(json)) => Response::json_raw(200, json),
+        Some(None) => Response::error(404, "token not tracked on its shard"),
+        None => Response::error(503, "owning shard did not answer"),
+    }
+}

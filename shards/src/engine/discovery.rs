@@ -1,0 +1,149 @@
+//! Gamma discovery: page through `/markets/keyset` on a blocking thread (ureq must never run
+//! on an executor), within a request budget, backing off on 429 and 5xx. A failed run changes
+//! nothing: the caller keeps its last good registry.
+
+use std::time::{Duration, Instant};
+
+use polybook::protocol::gamma::{parse_keyset_page, GammaMarket};
+
+/// Why a discovery run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("gamma request failed: {0}")]
+    Transport(String),
+    #[error("gamma answered HTTP {status} {attempts} times in a row")]
+    Status { status: u16, attempts: u32 },
+    #[error("gamma page unusable: {0}")]
+    Page(String),
+    #[error("more than {0} pages; stopping (is the cursor looping?)")]
+    TooManyPages(usize),
+}
+
+/// Limits of one run.
+#[derive(Debug, Clone)]
+pub struct DiscoveryLimits {
+    pub page_limit: usize,
+    pub requests_per_10s_max: u32,
+    pub markets_max: usize,
+    pub retries_max: u32,
+    pub request_timeout: Duration,
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct DiscoveryRun {
+    /// Tradeable markets (order book enabled, active, open, two tokens).
+    pub markets: Vec<GammaMarket>,
+    pub pages: usize,
+    pub requests: u32,
+    /// Markets skipped as unusable (bad fields) or not tradeable.
+    pub rejected: usize,
+    /// 429/5xx answers retried.
+    pub retries: u32,
+    /// True if `markets_max` cut the run short.
+    pub truncated: bool,
+}
+
+/// Runs a full keyset enumeration of open markets. Blocking: call it off the executors.
+pub fn discover(base_url: &str, limits: &DiscoveryLimits) -> Result<DiscoveryRun, DiscoveryError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(limits.request_timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut run = DiscoveryRun::default();
+    let mut cursor: Option<String> = None;
+    let mut window_start = Instant::now();
+    let mut in_window = 0u32;
+    let base = base_url.trim_end_matches('/');
+    loop {
+        if run.pages > 100_000 {
+            return Err(DiscoveryError::TooManyPages(run.pages));
+        }
+        let mut url = format!("{base}/markets/keyset?closed=false&limit={}", limits.page_limit);
+        if let Some(c) = &cursor {
+            url.push_str("&after_cursor=");
+            url.push_str(&urlencode(c));
+        }
+        let body = fetch(&agent, &url, limits, &mut run, &mut window_start, &mut in_window)?;
+        let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
+        run.pages += 1;
+        for m in page.markets {
+            match m {
+                Ok(m) if m.is_tradeable() => run.markets.push(m),
+                _ => run.rejected += 1,
+            }
+        }
+        if run.markets.len() >= limits.markets_max {
+            run.markets.truncate(limits.markets_max);
+            run.truncated = true;
+            return Ok(run);
+        }
+        match page.next_cursor {
+            Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+            _ => return Ok(run),
+        }
+    }
+}
+
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    limits: &DiscoveryLimits,
+    run: &mut DiscoveryRun,
+    window_start: &mut Instant,
+    in_window: &mut u32,
+) -> Result<String, DiscoveryError> {
+    let mut attempt = 0u32;
+    loop {
+        // Stay under the venue's request budget: at most N requests per 10 s window.
+        if *in_window >= limits.requests_per_10s_max {
+            let elapsed = window_start.elapsed();
+            if elapsed < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_secs(10) - elapsed);
+            }
+            *window_start = Instant::now();
+            *in_window = 0;
+        }
+        *in_window += 1;
+        run.requests += 1;
+        let status = match agent.get(url).call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                if status == 200 {
+                    return resp
+                        .body_mut()
+                        .with_config()
+                        .limit(64 << 20)
+                        .read_to_string()
+                        .map_err(|e| DiscoveryError::Transport(e.to_string()));
+                }
+                status
+            }
+            Err(e) if attempt >= limits.retries_max => {
+                return Err(DiscoveryError::Transport(e.to_string()));
+            }
+            Err(_) => 0,
+        };
+        let retryable = status == 0 || status == 429 || status >= 500;
+        if !retryable || attempt >= limits.retries_max {
+            return Err(DiscoveryError::Status { status, attempts: attempt + 1 });
+        }
+        run.retries += 1;
+        // 250 ms, 500 ms, 1 s, ... capped at 8 s.
+        std::thread::sleep(Duration::from_millis(250u64 << attempt.min(5)));
+        attempt += 1;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,83 @@
+//! The messages that cross shards. Control sends [`Command`]s to a data shard; data shards
+//! send [`Report`]s to control. Both travel on bounded flume channels and the sender waits for
+//! room, so nothing is ever dropped; a late message only delays (documented per variant).
+
+use polybook::book::TokenMeta;
+use polybook::store::{NewMarketHint, StoreCounters};
+use polybook::{MarketId, TokenId};
+
+/// A market a data shard should carry: both tokens and the parameters the hash needs.
+#[derive(Debug, Clone)]
+pub struct MarketSpec {
+    pub market: MarketId,
+    pub tokens: Vec<TokenId>,
+    pub meta: TokenMeta,
+}
+
+/// A reply channel for a query; the answer is sent once.
+pub type Reply<T> = flume::Sender<T>;
+
+/// Control → data shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Track these markets and subscribe their tokens. Sent by discovery and admin; if late,
+    /// the markets are simply subscribed later.
+    Track(Vec<MarketSpec>),
+    /// Stop tracking (resolved or closed); unsubscribes. If late, the books stay a while longer.
+    Untrack(Vec<MarketId>),
+    /// One book as API JSON, or None if this shard does not have the token. Sent by the API;
+    /// if late, the HTTP request waits.
+    GetBook { token: TokenId, depth: Option<usize>, reply: Reply<Option<String>> },
+    /// Counters and states for `/stats` and `/health`. Sent by the API and the progress log.
+    Stats { reply: Reply<ShardStats> },
+    /// Close every connection and stop. Sent once at shutdown.
+    Shutdown,
+}
+
+/// Data shard → control.
+#[derive(Debug)]
+pub enum Report {
+    /// `new_market` events seen on the stream: a hint for discovery to run early. If late,
+    /// the next periodic discovery finds the markets anyway.
+    NewMarkets { shard: usize, hints: Vec<NewMarketHint> },
+    /// A market's `market_resolved` arrived: control marks it resolved and untracks it after
+    /// the grace period. If late, the market only stays listed longer.
+    Resolved { shard: usize, market: MarketId },
+}
+
+/// One connection as `/stats` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnStats {
+    pub id: u32,
+    pub feed: u32,
+    pub state: &'static str,
+    pub tokens: usize,
+    pub frames: u64,
+    pub reconnects: u64,
+    pub age_ms: u64,
+}
+
+/// A data shard's counters, gathered on request.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub markets: usize,
+    pub books: usize,
+    pub books_seeding: usize,
+    pub books_live: usize,
+    pub books_suspect: usize,
+    pub books_resyncing: usize,
+    pub books_resolved: usize,
+    pub connections: Vec<ConnStats>,
+    pub reconnects: u64,
+    pub connect_failures: u64,
+    pub pong_timeouts: u64,
+    pub silence_timeouts: u64,
+    pub redrives: u64,
+    pub bytes: u64,
+    pub apply_ns_p50: u64,
+    pub apply_ns_p99: u64,
+    pub apply_ns_p999: u64,
+    pub apply_ns_max: u64,
+    pub store: StoreCounters,
+}

@@ -1,0 +1,173 @@
+//! The thread-per-core engine: a control shard and N data shards, each a glommio executor
+//! pinned as `[layout]` says, connected by bounded channels (see [`mesh`]).
+
+pub mod control;
+pub mod data;
+pub mod discovery;
+pub mod mesh;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use polybook::policy::Backoff;
+use polybook::StoreConfig;
+
+use crate::config::{DataCores, ValidConfig};
+use crate::net::{default_tls_config, ConnectOptions};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("layout: {0}")]
+    Layout(String),
+    #[error("cannot start executor {name} on CPU {cpu}: {source} (check `ulimit -l` / memlock, or lower layout.io_memory_kib)")]
+    Executor { name: String, cpu: usize, source: glommio::GlommioError<()> },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("API: {0}")]
+    Api(String),
+}
+
+/// CPUs for the control shard and each data shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub control: usize,
+    pub data: Vec<usize>,
+}
+
+/// Resolves `[layout]` against the machine's CPUs, with clear errors for impossible layouts.
+pub fn resolve_layout(cfg: &ValidConfig, cpus: usize) -> Result<Layout, EngineError> {
+    let l = &cfg.layout;
+    if l.control_core >= cpus {
+        return Err(EngineError::Layout(format!(
+            "control_core = {} but this machine has CPUs 0..{}",
+            l.control_core,
+            cpus.saturating_sub(1)
+        )));
+    }
+    let data = match &l.data_cores {
+        DataCores::Auto(_) => (0..cpus).collect(),
+        DataCores::List(list) => {
+            if let Some(bad) = list.iter().find(|&&c| c >= cpus) {
+                return Err(EngineError::Layout(format!(
+                    "data_cores names CPU {bad} but this machine has CPUs 0..{}",
+                    cpus.saturating_sub(1)
+                )));
+            }
+            list.clone()
+        }
+    };
+    Ok(Layout { control: l.control_core, data })
+}
+
+/// A running engine.
+pub struct EngineHandle {
+    api_addr: SocketAddr,
+    stop: flume::Sender<()>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Where the HTTP API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Stops every shard and waits for their threads.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        for h in self.executors {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts the engine: data shards first, then the control shard (which binds the API and
+/// starts discovery). Returns once the API is listening.
+pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
+    // ureq (discovery) uses the process-wide rustls provider: make it ring, like our wss.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let layout = resolve_layout(cfg, cpus)?;
+    let io_memory = cfg.layout.io_memory_kib << 10;
+    let tls = if cfg.endpoints.ws_url.starts_with("wss://") {
+        Some(default_tls_config().map_err(|e| EngineError::Tls(e.to_string()))?)
+    } else {
+        None
+    };
+    let c = &cfg.connections;
+    let (report_tx, report_rx) = flume::bounded(4096);
+    let mut shard_txs = Vec::new();
+    let mut executors = Vec::new();
+    for (i, &cpu) in layout.data.iter().enumerate() {
+        let (tx, rx) = flume::bounded(1024);
+        shard_txs.push(tx);
+        let shard_cfg = data::DataShardConfig {
+            shard: i,
+            ws_url: cfg.endpoints.ws_url.clone(),
+            connect: ConnectOptions { tls: tls.clone(), ..ConnectOptions::default() },
+            tokens_per_conn_target: c.tokens_per_conn_target,
+            ids_per_frame_max: c.ids_per_frame_max,
+            ping_interval: Duration::from_millis(c.ping_interval_ms),
+            pong_timeout: Duration::from_millis(c.pong_timeout_ms),
+            data_silence: Duration::from_millis(c.data_silence_ms),
+            first_book_timeout: Duration::from_millis(c.first_book_timeout_ms),
+            backoff: Backoff { min_ms: c.reconnect_delay_ms_min, max_ms: c.reconnect_delay_ms_max },
+            dynamic_subscribe: c.dynamic_subscribe,
+            custom_features: c.custom_features,
+            store: StoreConfig {
+                verify_hash: cfg.integrity.verify_hash,
+                failed_checks_max: cfg.integrity.failed_checks_max,
+                ..StoreConfig::default()
+            },
+        };
+        let reports = report_tx.clone();
+        let name = format!("data-{i}");
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&name)
+            .io_memory(io_memory)
+            .spawn(move || data::run(shard_cfg, rx, reports))
+            .map_err(|source| EngineError::Executor { name, cpu, source })?;
+        executors.push(h);
+    }
+    drop(report_tx);
+    let control_cfg = control::ControlConfig {
+        gamma_url: cfg.endpoints.gamma_url.clone(),
+        discovery: discovery::DiscoveryLimits {
+            page_limit: cfg.discovery.page_limit,
+            requests_per_10s_max: cfg.discovery.requests_per_10s_max,
+            markets_max: cfg.discovery.markets_max,
+            retries_max: 5,
+            request_timeout: Duration::from_secs(30),
+        },
+        discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
+        api_listen: cfg.api.listen.clone(),
+        resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
+    };
+    let (stop_tx, stop_rx) = flume::bounded(1);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let shards = shard_txs.clone();
+    let h = LocalExecutorBuilder::new(Placement::Fixed(layout.control))
+        .name("control")
+        .io_memory(io_memory)
+        .spawn(move || control::run(control_cfg, shards, report_rx, stop_rx, bound_tx))
+        .map_err(|source| EngineError::Executor {
+            name: "control".into(),
+            cpu: layout.control,
+            source,
+        })?;
+    executors.push(h);
+    let api_addr = match bound_rx.recv() {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => {
+            for h in executors {
+                let _ = h.join();
+            }
+            return Err(EngineError::Api(e));
+        }
+        Err(_) => return Err(EngineError::Api("control shard exited before binding".into())),
+    };
+    tracing::info!(api = %api_addr, data_shards = layout.data.len(), control_cpu = layout.control, "engine started");
+    Ok(EngineHandle { api_addr, stop: stop_tx, executors })
+}
