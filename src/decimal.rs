@@ -85,6 +85,48 @@ fn parse_units(s: &str) -> Result<u64, DecimalError> {
         .ok_or(DecimalError::Overflow)
 }
 
+/// Appends the canonical text of `units` (1e-6) to `out`, keeping at least `min_frac` fractional
+/// digits. The hash writes hundreds of these per check, so it avoids any intermediate buffer.
+pub fn push_decimal(out: &mut String, units: u64, min_frac: u8) {
+    let int_part = units / SCALE;
+    let frac = units % SCALE;
+    push_u64(out, int_part);
+    let mut digits = [0u8; SCALE_DIGITS as usize];
+    let mut f = frac;
+    for d in digits.iter_mut().rev() {
+        *d = (f % 10) as u8;
+        f /= 10;
+    }
+    let mut n = digits.len();
+    let keep = usize::from(min_frac).min(n);
+    while n > keep && digits[n - 1] == 0 {
+        n -= 1;
+    }
+    if n > 0 {
+        out.push('.');
+        for &d in &digits[..n] {
+            out.push(char::from(b'0' + d));
+        }
+    }
+}
+
+/// Appends `v` in decimal.
+pub fn push_u64(out: &mut String, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &b in &tmp[i..] {
+        out.push(char::from(b));
+    }
+}
+
 /// A formatted decimal on the stack; avoids allocating when writing hashes and JSON.
 pub struct DecimalText {
     buf: [u8; 28],
@@ -275,6 +317,20 @@ mod tests {
         assert_eq!(DecimalText::with_min_frac_digits(123_456, 3).as_str(), "0.123456");
         assert_eq!(DecimalText::with_min_frac_digits(2_000_000, 3).as_str(), "2.000");
         assert_eq!(Size(u64::MAX).to_string(), "18446744073709.551615");
+        for (units, min, want) in [
+            (500_000u64, 0u8, "0.5"),
+            (2_226_000_000, 0, "2226"),
+            (0, 0, "0"),
+            (500_000, 3, "0.500"),
+            (2_000_000, 3, "2.000"),
+            (123_456, 3, "0.123456"),
+            (u64::MAX, 0, "18446744073709.551615"),
+        ] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, units, min);
+            assert_eq!(s, format!("x{want}"));
+            assert_eq!(DecimalText::with_min_frac_digits(units, min).as_str(), want);
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - [`sim`]: the simulated venue: seeded market model, frames byte for byte, Gamma.
 //! - [`capture`]: the capture line format (`[recv_ns ]frame`).
 
+// Money is fixed point: no float arithmetic anywhere in the core (book state, decimals, hash).
+#![deny(clippy::float_arithmetic)]
+
 pub mod book;
 pub mod capture;
 pub mod decimal;

@@ -180,11 +180,15 @@ impl Default for Api {
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub level: String,
+    /// JSON log lines instead of the human format.
+    pub json: bool,
+    /// A progress line (markets, books live, frames/s) this often; 0 turns it off.
+    pub progress_interval_ms: u64,
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log { level: "info".into(), json: false, progress_interval_ms: 5000 }
     }
 }
 

@@ -9,20 +9,30 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use polybook::book::TokenMeta;
 use polybook::{Price, Size};
+use polybook_shards::config::{Config, ValidConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "polybook", version, about = "Live, exact Polymarket L2 books")]
 struct Cli {
+    /// Log JSON lines instead of the human format.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Keep every active market's book live, against the endpoints in the config.
+    Run {
+        /// The configuration file (missing keys take their defaults).
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file and print the resolved settings.
     CheckConfig {
         /// The configuration file.
-        #[arg(long, default_value = "config.toml")]
+        #[arg(default_value = "config.toml")]
         config: PathBuf,
     },
     /// Apply a recorded capture (one frame per line, optional `recv_ns ` prefix) to fresh books.
@@ -47,14 +57,19 @@ enum Command {
     },
 }
 
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,15 +80,51 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_config(path: &std::path::Path) -> anyhow::Result<ValidConfig> {
+    let cfg = if path.exists() {
+        Config::load(path)?
+    } else if path.as_os_str() == "config.toml" {
+        Config::default()
+    } else {
+        anyhow::bail!("config file {} does not exist", path.display());
+    };
+    Ok(cfg.validate()?)
+}
+
+/// Blocks until SIGINT or SIGTERM; a second one exits the process at once.
+fn wait_for_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping (send again to exit at once)");
+    }
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let cfg = load_config(&config)?;
+            init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
+            let engine = polybook_shards::engine::start(&cfg)?;
+            tracing::info!("API on http://{}", engine.api_addr());
+            wait_for_signal()?;
+            engine.stop();
+            Ok(())
+        }
         Command::CheckConfig { config } => {
-            let valid = polybook_shards::config::Config::load(&config)?.validate()?;
+            let valid = Config::load(&config)?.validate()?;
             print!("{}", toml::to_string(&*valid)?);
             println!("# {}: ok", config.display());
             Ok(())
         }
         Command::Replay { file, dump, min_order_size, neg_risk, tick_size, no_verify_hash } => {
+            init_logging("warn", cli.log_json);
             let f = File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let meta = TokenMeta {
                 tick_size: Some(tick_size),

@@ -4,7 +4,7 @@
 use sha1::{Digest, Sha1};
 
 use super::{Book, LtpText};
-use crate::decimal::{Price, Size};
+use crate::decimal::{push_decimal, push_u64, Price, Size};
 use crate::protocol::Level;
 
 /// The inputs of the hash that are not levels; all must be known to compute it.
@@ -21,13 +21,14 @@ pub struct HashInputs<'a> {
 
 /// Writes the exact text the venue hashes. `bids`/`asks` in wire order.
 pub fn write_hash_input(out: &mut String, inp: &HashInputs<'_>, bids: &[Level], asks: &[Level]) {
-    use std::fmt::Write;
     out.clear();
     out.push_str("{\"market\":\"");
     out.push_str(inp.market);
     out.push_str("\",\"asset_id\":\"");
     out.push_str(inp.asset_id);
-    let _ = write!(out, "\",\"timestamp\":\"{}\",\"hash\":\"\",\"bids\":", inp.timestamp_ms);
+    out.push_str("\",\"timestamp\":\"");
+    push_u64(out, inp.timestamp_ms);
+    out.push_str("\",\"hash\":\"\",\"bids\":");
     write_levels(out, bids);
     out.push_str(",\"asks\":");
     write_levels(out, asks);
@@ -50,9 +51,9 @@ pub fn write_levels(out: &mut String, levels: &[Level]) {
             out.push(',');
         }
         out.push_str("{\"price\":\"");
-        out.push_str(l.price.text().as_str());
+        push_decimal(out, u64::from(l.price.units()), 0);
         out.push_str("\",\"size\":\"");
-        out.push_str(l.size.text().as_str());
+        push_decimal(out, l.size.units(), 0);
         out.push_str("\"}");
     }
     out.push(']');

@@ -180,6 +180,8 @@ pub struct PriceChangeEvent<'a> {
     pub timestamp: Millis,
     pub schema: PriceChangeSchema,
     pub unknown_fields: u16,
+    /// `event_type` as sent (confirms the fast scan).
+    pub event_type: Option<Text<'a>>,
 }
 
 wire_struct! {
@@ -436,15 +438,17 @@ pub fn decode_event(obj: &str) -> Result<MarketEvent<'_>, DecodeError> {
         ));
     }
     if let Some(guess) = scan_event_type(obj) {
-        let event = decode_as(obj, guess)?;
-        // The scan can be fooled by a key inside a nested string; the typed parse cannot.
-        if tag_of(&event).is_none_or(|t| t == guess) {
-            return Ok(event);
+        // The scan can be fooled by an `event_type` key in a nested object; a typed parse that
+        // fails or disagrees sends us to the slow path, which reads the top-level tag.
+        if let Ok(event) = decode_as(obj, guess) {
+            if tag_of(&event) == Some(guess) {
+                return Ok(event);
+            }
         }
     }
     let tag: Tag<'_> = serde_json::from_str(obj).map_err(|e| DecodeError::from_json(&e))?;
     match tag.event_type {
-        Some(t) => decode_as(obj, &t).map(|e| e.into_owned_tag()),
+        Some(t) => decode_as(obj, &t).map(MarketEvent::into_owned_tag),
         None => Err(DecodeError::new(DecodeErrorKind::MissingEventType, "no event_type")),
     }
 }
@@ -464,12 +468,13 @@ impl<'a> MarketEvent<'a> {
 fn tag_of<'e>(event: &'e MarketEvent<'_>) -> Option<&'e str> {
     let t = match event {
         MarketEvent::Book(e) => e.event_type.as_deref(),
-        MarketEvent::PriceChange(_) => return None,
+        MarketEvent::PriceChange(e) => e.event_type.as_deref(),
         MarketEvent::TickSizeChange(e) => e.event_type.as_deref(),
         MarketEvent::LastTradePrice(e) => e.event_type.as_deref(),
         MarketEvent::BestBidAsk(e) => e.event_type.as_deref(),
         MarketEvent::NewMarket(e) => e.event_type.as_deref(),
         MarketEvent::MarketResolved(e) => e.event_type.as_deref(),
+        // Only the slow path may conclude a type is unknown.
         MarketEvent::Unknown { .. } => return None,
     };
     t
@@ -535,6 +540,7 @@ fn normalise_price_change(w: PriceChangeWire<'_>) -> Result<PriceChangeEvent<'_>
         timestamp: w.timestamp,
         schema,
         unknown_fields: w.unknown_fields,
+        event_type: w.event_type,
     })
 }
 
@@ -654,6 +660,23 @@ mod tests {
         assert_eq!(kind, Ok(FrameKind::Array(5)));
         let oks: Vec<bool> = events.iter().map(Result::is_ok).collect();
         assert_eq!(oks, [true, false, false, true, true]);
+    }
+
+    #[test]
+    fn scan_is_not_fooled_by_event_type_in_a_nested_object() {
+        let base = r#"{"market":"0x1","asset_id":"7","price":"0.5","size":"1","side":"SELL","timestamp":"1","event_type":"last_trade_price","meta":{"event_type":"X"}}"#;
+        for nested in ["book", "zzz", "price_change"] {
+            let t = base.replace("\"X\"", &format!("\"{nested}\""));
+            assert!(matches!(decode_event(&t), Ok(MarketEvent::LastTradePrice(_))), "{nested}");
+        }
+        let book = r#"{"market":"0x1","asset_id":"7","timestamp":"1","bids":[],"asks":[],"event_type":"book","meta":{"event_type":"price_change"}}"#;
+        assert!(matches!(decode_event(book), Ok(MarketEvent::Book(_))));
+        // A malformed event still fails with its own error after the fallback.
+        let bad = r#"{"market":"0x1","timestamp":"1","event_type":"book"}"#;
+        assert_eq!(
+            decode_event(bad).map(|_| ()).map_err(|e| e.kind),
+            Err(DecodeErrorKind::MissingField)
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ControlConfig {
     pub discovery_interval: Duration,
     pub api_listen: String,
     pub resolved_grace: Duration,
+    /// How often a progress line is logged (markets, books live, frames/s); zero: never.
+    pub progress_interval: Duration,
 }
 
 /// A market's lifecycle as the registry sees it.
@@ -112,6 +114,7 @@ pub async fn run(
     let disc = glommio::spawn_local(discovery_loop(Rc::clone(&control), stopping.clone())).detach();
     let rep =
         glommio::spawn_local(report_loop(Rc::clone(&control), reports, stopping.clone())).detach();
+    let prog = glommio::spawn_local(progress_loop(Rc::clone(&control), stopping.clone())).detach();
     let _ = stop.recv_async().await;
     tracing::info!("stopping");
     stopping.trigger();
@@ -123,6 +126,43 @@ pub async fn run(
     let _ = api.await;
     drop(disc);
     drop(rep);
+    drop(prog);
+}
+
+async fn progress_loop(control: ControlRef, stopping: Shutdown) {
+    let every = control.borrow().cfg.progress_interval;
+    if every.is_zero() {
+        return;
+    }
+    let mut last_frames = 0u64;
+    let mut last_at = Instant::now();
+    while !stopping.is_triggered() {
+        future::or(glommio::timer::sleep(every), stopping.wait()).await;
+        if stopping.is_triggered() {
+            return;
+        }
+        let stats = gather_stats(&control).await;
+        let (mut books, mut live, mut frames, mut conns) = (0usize, 0usize, 0u64, 0usize);
+        for s in stats.iter().flatten() {
+            books += s.books;
+            live += s.books_live;
+            frames += s.store.frames;
+            conns += s.connections.len();
+        }
+        let ms = (last_at.elapsed().as_millis() as u64).max(1);
+        let rate = frames.saturating_sub(last_frames) * 1000 / ms;
+        last_frames = frames;
+        last_at = Instant::now();
+        let markets = control.borrow().registry.len();
+        tracing::info!(
+            markets,
+            books,
+            books_live = live,
+            connections = conns,
+            frames_per_s = rate,
+            "progress"
+        );
+    }
 }
 
 async fn discovery_loop(control: ControlRef, stopping: Shutdown) {

@@ -21,8 +21,8 @@ use crate::net::{default_tls_config, ConnectOptions};
 pub enum EngineError {
     #[error("layout: {0}")]
     Layout(String),
-    #[error("cannot start executor {name} on CPU {cpu}: {source} (check `ulimit -l` / memlock, or lower layout.io_memory_kib)")]
-    Executor { name: String, cpu: usize, source: glommio::GlommioError<()> },
+    #[error("cannot start executor {name} on CPU {cpu}: {reason} (check `ulimit -l` / memlock, or lower layout.io_memory_kib)")]
+    Executor { name: String, cpu: usize, reason: String },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("API: {0}")]
@@ -128,7 +128,7 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
             .name(&name)
             .io_memory(io_memory)
             .spawn(move || data::run(shard_cfg, rx, reports))
-            .map_err(|source| EngineError::Executor { name, cpu, source })?;
+            .map_err(|e| EngineError::Executor { name, cpu, reason: e.to_string() })?;
         executors.push(h);
     }
     drop(report_tx);
@@ -144,6 +144,7 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
         api_listen: cfg.api.listen.clone(),
         resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
+        progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
     };
     let (stop_tx, stop_rx) = flume::bounded(1);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
@@ -152,10 +153,10 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
         .name("control")
         .io_memory(io_memory)
         .spawn(move || control::run(control_cfg, shards, report_rx, stop_rx, bound_tx))
-        .map_err(|source| EngineError::Executor {
+        .map_err(|e| EngineError::Executor {
             name: "control".into(),
             cpu: layout.control,
-            source,
+            reason: e.to_string(),
         })?;
     executors.push(h);
     let api_addr = match bound_rx.recv() {
