@@ -276,6 +276,7 @@ fn sim_store_fed_all_frames_equals_truth() {
                 assert_eq!(ours.bids(), truth.bids(), "seed {seed} token {t}");
                 assert_eq!(ours.asks(), truth.asks(), "seed {seed} token {t}");
                 assert_eq!(ours.tick_size(), truth.tick_size(), "seed {seed} token {t}");
+                assert_eq!(ours.last_trade(), truth.last_trade(), "seed {seed} token {t}");
                 let want = if m.is_active() { BookStatus::Live } else { BookStatus::Resolved };
                 assert_eq!(ours.status(), want, "seed {seed} token {t}");
             }

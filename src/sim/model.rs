@@ -5,7 +5,7 @@ use hashbrown::HashMap;
 use super::frames::{self, EntryOut, NewMarketOut};
 use super::rng::Rng;
 use crate::book::hash::book_hash;
-use crate::book::{Book, BookStatus, LtpText, TokenMeta};
+use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
 use crate::decimal::{Price, Size, SCALE};
 use crate::ids::{MarketId, TokenId};
 use crate::protocol::{Level, Side};
@@ -471,6 +471,12 @@ impl SimExchange {
             b.set_timestamp(now);
             b.set_hash_ltp(Some(m.ltp));
         }
+        m.books[report_on].set_last_trade(LastTrade {
+            price: price_on_report,
+            size: filled,
+            side: side_on_report,
+            timestamp_ms: now,
+        });
         let text = self.entries_frame(idx, &[(maker_side, level.price)], report_on);
         out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
         let m = &self.markets[idx as usize];
