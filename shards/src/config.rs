@@ -24,8 +24,25 @@ pub struct Config {
     pub integrity: Integrity,
     pub discovery: Discovery,
     pub lifecycle: Lifecycle,
+    pub selection: Selection,
     pub api: Api,
     pub log: Log,
+}
+
+/// Which markets to carry. Empty lists and zero thresholds select every active market.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selection {
+    /// Only these markets (condition ids), if any are given (united with slugs and tokens).
+    pub condition_ids: Vec<String>,
+    pub slugs: Vec<String>,
+    /// Markets holding any of these outcome tokens.
+    pub token_ids: Vec<String>,
+    /// Gamma tag ids, passed to the listing as `tag_id` (one request series per tag).
+    pub tag_ids: Vec<u64>,
+    /// Minimum 24/7 volume and liquidity in USDC (Gamma's `volumeNum` / `liquidityNum`).
+    pub volume_min: f64,
+    pub liquidity_min: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -278,6 +295,16 @@ impl Config {
             invalid("api.listen", &self.api.listen, &format!("not an address:port: {e}"))
         })?;
         in_range("api.ws_client_buffer_max", self.api.ws_client_buffer_max, 1, 1 << 20)?;
+        let sel = &self.selection;
+        for (key, v) in [
+            ("selection.volume_min", sel.volume_min),
+            ("selection.liquidity_min", sel.liquidity_min),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(key, v, "must be a finite number >= 0"));
+            }
+        }
+        in_range("selection.tag_ids (count)", sel.tag_ids.len(), 0, 100)?;
         for (key, url, schemes) in [
             ("endpoints.gamma_url", &self.endpoints.gamma_url, ["http://", "https://"]),
             ("endpoints.clob_url", &self.endpoints.clob_url, ["http://", "https://"]),

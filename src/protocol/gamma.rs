@@ -40,6 +40,8 @@ struct WireMarket<'a> {
     order_price_min_tick_size: Option<&'a RawValue>,
     #[serde(borrow)]
     order_min_size: Option<&'a RawValue>,
+    volume_num: Option<serde_json::Number>,
+    liquidity_num: Option<serde_json::Number>,
 }
 
 #[derive(Deserialize)]
@@ -50,7 +52,7 @@ struct WirePage<'a> {
 }
 
 /// A market as polybook needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GammaMarket {
     pub id: String,
     pub condition_id: MarketId,
@@ -67,6 +69,9 @@ pub struct GammaMarket {
     pub neg_risk: bool,
     pub tick_size: Option<Price>,
     pub min_order_size: Option<Size>,
+    /// Volume and liquidity in USDC, only for selection thresholds (never book state).
+    pub volume: Option<f64>,
+    pub liquidity: Option<f64>,
 }
 
 impl GammaMarket {
@@ -145,6 +150,8 @@ pub fn parse_market(obj: &str) -> Result<GammaMarket, GammaError> {
         neg_risk: w.neg_risk.unwrap_or(false),
         tick_size,
         min_order_size,
+        volume: w.volume_num.and_then(|n| n.as_f64()),
+        liquidity: w.liquidity_num.and_then(|n| n.as_f64()),
         id,
     })
 }
@@ -169,6 +176,8 @@ mod tests {
         assert_eq!(m.min_order_size, Size::parse("5").ok());
         assert!(m.is_tradeable());
         assert!(!m.neg_risk);
+        assert!(m.liquidity.is_some_and(|l| l > 20_000.0 && l < 20_329.0));
+        assert!(m.volume.is_some());
     }
 
     #[test]

@@ -16,12 +16,14 @@ use polybook::{MarketId, TokenId};
 
 use super::discovery::{discover, DiscoveryLimits};
 use super::mesh::{Command, MarketSpec, Report, ShardStats};
+use crate::config::Selection;
 use crate::net::{Handler, Request, Response, Server, ServerConfig, Shutdown};
 
 /// What the control shard needs to know.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     pub gamma_url: String,
+    pub selection: Selection,
     pub discovery: DiscoveryLimits,
     pub discovery_interval: Duration,
     pub api_listen: String,
@@ -167,14 +169,14 @@ async fn progress_loop(control: ControlRef, stopping: Shutdown) {
 
 async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
     while !stopping.is_triggered() {
-        let (url, limits) = {
+        let (url, limits, tags) = {
             let c = control.borrow();
-            (c.cfg.gamma_url.clone(), c.cfg.discovery.clone())
+            (c.cfg.gamma_url.clone(), c.cfg.discovery.clone(), c.cfg.selection.tag_ids.clone())
         };
         let (tx, rx) = flume::bounded(1);
         // ureq blocks: never on an executor.
         let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || {
-            let _ = tx.send(discover(&url, &limits));
+            let _ = tx.send(discover(&url, &tags, &limits));
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the discovery thread");
@@ -216,7 +218,12 @@ async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
             c.wake_discovery = Shutdown::new();
             (c.cfg.discovery_interval, c.wake_discovery.clone())
         };
-        future::or(future::or(glommio::timer::sleep(interval), wake.wait()), stopping.wait()).await;
+        // A `new_market` hint may cut the wait short, but never below a minimum gap: on the
+        // venue new markets arrive up to several per second, and Gamma's budget is shared.
+        let gap = interval.min(DISCOVERY_GAP_MIN);
+        future::or(glommio::timer::sleep(gap), stopping.wait()).await;
+        let rest = interval.saturating_sub(gap);
+        future::or(future::or(glommio::timer::sleep(rest), wake.wait()), stopping.wait()).await;
     }
 }
 
@@ -227,7 +234,7 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
     let n = c.shards.len().max(1);
     let mut track: Vec<Vec<MarketSpec>> = vec![Vec::new(); n];
     let mut seen: hashbrown::HashSet<MarketId> = hashbrown::HashSet::new();
-    for m in markets {
+    for m in markets.into_iter().filter(|m| selected(&c.cfg.selection, m)) {
         seen.insert(m.condition_id.clone());
         if let Some(e) = c.registry.get_mut(m.condition_id.as_str()) {
             if e.state == Lifecycle::Closed {
@@ -275,6 +282,17 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
             .map(|(i, v)| (i, Command::Track(v))),
     );
     out
+}
+
+/// `[selection]`: explicit lists are united; thresholds apply to every market.
+fn selected(sel: &Selection, m: &GammaMarket) -> bool {
+    let listed = sel.condition_ids.is_empty() && sel.slugs.is_empty() && sel.token_ids.is_empty()
+        || sel.condition_ids.iter().any(|c| c == m.condition_id.as_str())
+        || sel.slugs.iter().any(|s| *s == m.slug)
+        || m.tokens.iter().any(|t| sel.token_ids.iter().any(|x| x == t.as_str()));
+    listed
+        && m.volume.unwrap_or(0.0) >= sel.volume_min
+        && m.liquidity.unwrap_or(0.0) >= sel.liquidity_min
 }
 
 fn spec_of(m: &GammaMarket) -> MarketSpec {
@@ -352,6 +370,9 @@ async fn report_loop(control: ControlRef, reports: flume::Receiver<Report>, stop
         }
     }
 }
+
+/// Least time between two discovery runs, whatever wakes it.
+const DISCOVERY_GAP_MIN: Duration = Duration::from_secs(2);
 
 /// The HTTP API on the control shard.
 struct Api {
@@ -490,5 +511,50 @@ async fn get_book(control: &ControlRef, token: &str, depth: Option<usize>) -> Re
         Some(Some(json)) => Response::json_raw(200, json),
         Some(None) => Response::error(404, "token not tracked on its shard"),
         None => Response::error(503, "owning shard did not answer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn market(cid: &str, slug: &str, tokens: [&str; 2], volume: f64) -> GammaMarket {
+        GammaMarket {
+            id: "1".into(),
+            condition_id: MarketId::new(cid),
+            question: String::new(),
+            slug: slug.into(),
+            end_date: None,
+            tokens: tokens.iter().map(|t| TokenId::new(t)).collect(),
+            outcomes: Vec::new(),
+            active: true,
+            closed: false,
+            archived: false,
+            enable_order_book: true,
+            accepting_orders: true,
+            neg_risk: false,
+            tick_size: None,
+            min_order_size: None,
+            volume: Some(volume),
+            liquidity: None,
+        }
+    }
+
+    #[test]
+    fn selection_unites_lists_and_applies_thresholds() {
+        let a = market("0xa", "alpha", ["1", "2"], 10.0);
+        let b = market("0xb", "beta", ["3", "4"], 1000.0);
+        let all = Selection::default();
+        assert!(selected(&all, &a) && selected(&all, &b));
+        let by_list = Selection {
+            condition_ids: vec!["0xa".into()],
+            token_ids: vec!["4".into()],
+            ..Selection::default()
+        };
+        assert!(selected(&by_list, &a) && selected(&by_list, &b));
+        let by_slug = Selection { slugs: vec!["beta".into()], ..Selection::default() };
+        assert!(!selected(&by_slug, &a) && selected(&by_slug, &b));
+        let rich = Selection { volume_min: 100.0, ..Selection::default() };
+        assert!(!selected(&rich, &a) && selected(&rich, &b));
     }
 }

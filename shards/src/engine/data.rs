@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use polybook::book::BookStatus;
 use polybook::policy::{judge, Backoff, ConnTable, Placement, Verdict, WatchdogLimits};
 use polybook::protocol::encode::{subscribe_frames, SubscribeOp};
-use polybook::store::{FeedId, NoSink};
+use polybook::store::{BookUpdate, FeedId, NoSink, UpdateSink};
 use polybook::view::BookView;
 use polybook::{BookStore, MarketId, StoreConfig, TokenId};
 
@@ -41,8 +41,24 @@ pub struct DataShardConfig {
 /// Most redrives of one token before it is left Seeding (the venue omits settled tokens).
 const REDRIVES_PER_TOKEN_MAX: u8 = 3;
 
+/// Collects what the hot path must act on after a frame: books whose checks kept failing.
+#[derive(Default)]
+struct ShardSink {
+    resync: Vec<TokenId>,
+}
+
+impl UpdateSink for ShardSink {
+    fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book) {
+        if let BookUpdate::Status { to: BookStatus::Resyncing, .. } = update {
+            self.resync.push(book.token().clone());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
+    /// Books resynced after repeated failed checks (unsubscribe + subscribe for a fresh book).
+    resyncs: u64,
     reconnects: u64,
     connect_failures: u64,
     pong_timeouts: u64,
@@ -429,9 +445,13 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
                 if pong {
                     continue;
                 }
-                let report = s.store.apply_frame_from(FeedId(feed), text, &mut NoSink);
+                let mut sink = ShardSink::default();
+                let report = s.store.apply_frame_from(FeedId(feed), text, &mut sink);
                 if !report.errors.is_empty() {
                     tracing::debug!(conn = conn_id, errors = ?report.errors, "frame errors");
+                }
+                if !sink.resync.is_empty() {
+                    resync(s, conn_id, &sink.resync);
                 }
                 let ns = recv.elapsed().as_nanos() as u64;
                 if let Some(h) = &mut s.hist {
@@ -547,6 +567,23 @@ fn redrive_late_tokens(s: &mut Shard, conn_id: u32, now: Instant, timeout: Durat
     s.counters.redrives += late.len() as u64;
 }
 
+/// Asks the venue for fresh snapshots of books whose integrity checks kept failing: an
+/// unsubscribe and a subscribe on the same connection (the venue replays nothing, but a new
+/// subscription starts with a `book`).
+fn resync(s: &mut Shard, conn_id: u32, tokens: &[TokenId]) {
+    let custom = s.cfg.custom_features;
+    let Some(out) = s.conns.get(&conn_id).and_then(|c| c.out.clone()) else { return };
+    s.counters.resyncs += tokens.len() as u64;
+    tracing::warn!(conn = conn_id, tokens = tokens.len(), "resyncing books after failed checks");
+    let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
+    for f in subscribe_frames(SubscribeOp::Unsubscribe, &ids, custom) {
+        let _ = out.send(Message::text(f));
+    }
+    for f in subscribe_frames(SubscribeOp::Subscribe, &ids, custom) {
+        let _ = out.send(Message::text(f));
+    }
+}
+
 fn hints_and_resolutions(s: &mut Shard) {
     let hints = s.store.drain_new_market_hints();
     if !hints.is_empty() {
@@ -580,6 +617,7 @@ fn stats(s: &Shard) -> ShardStats {
         pong_timeouts: s.counters.pong_timeouts,
         silence_timeouts: s.counters.silence_timeouts,
         redrives: s.counters.redrives,
+        resyncs: s.counters.resyncs,
         bytes: s.counters.bytes,
         apply_ns_p50: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),

@@ -44,14 +44,37 @@ pub struct DiscoveryRun {
     pub truncated: bool,
 }
 
-/// Runs a full keyset enumeration of open markets. Blocking: call it off the executors.
-pub fn discover(base_url: &str, limits: &DiscoveryLimits) -> Result<DiscoveryRun, DiscoveryError> {
+/// Runs a full keyset enumeration of open markets (of each tag in `tag_ids`, or all if it is
+/// empty). Blocking: call it off the executors.
+pub fn discover(
+    base_url: &str,
+    tag_ids: &[u64],
+    limits: &DiscoveryLimits,
+) -> Result<DiscoveryRun, DiscoveryError> {
+    let mut run = DiscoveryRun::default();
+    if tag_ids.is_empty() {
+        enumerate(base_url, None, limits, &mut run)?;
+    }
+    for &tag in tag_ids {
+        enumerate(base_url, Some(tag), limits, &mut run)?;
+        if run.truncated {
+            break;
+        }
+    }
+    Ok(run)
+}
+
+fn enumerate(
+    base_url: &str,
+    tag: Option<u64>,
+    limits: &DiscoveryLimits,
+    run: &mut DiscoveryRun,
+) -> Result<(), DiscoveryError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(limits.request_timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut run = DiscoveryRun::default();
     let mut cursor: Option<String> = None;
     let mut window_start = Instant::now();
     let mut in_window = 0u32;
@@ -61,11 +84,14 @@ pub fn discover(base_url: &str, limits: &DiscoveryLimits) -> Result<DiscoveryRun
             return Err(DiscoveryError::TooManyPages(run.pages));
         }
         let mut url = format!("{base}/markets/keyset?closed=false&limit={}", limits.page_limit);
+        if let Some(tag) = tag {
+            url.push_str(&format!("&tag_id={tag}"));
+        }
         if let Some(c) = &cursor {
             url.push_str("&after_cursor=");
             url.push_str(&urlencode(c));
         }
-        let body = fetch(&agent, &url, limits, &mut run, &mut window_start, &mut in_window)?;
+        let body = fetch(&agent, &url, limits, run, &mut window_start, &mut in_window)?;
         let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
         run.pages += 1;
         for m in page.markets {
@@ -77,11 +103,11 @@ pub fn discover(base_url: &str, limits: &DiscoveryLimits) -> Result<DiscoveryRun
         if run.markets.len() >= limits.markets_max {
             run.markets.truncate(limits.markets_max);
             run.truncated = true;
-            return Ok(run);
+            return Ok(());
         }
         match page.next_cursor {
             Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
-            _ => return Ok(run),
+            _ => return Ok(()),
         }
     }
 }

@@ -74,6 +74,7 @@ pub struct ShardStats {
     pub pong_timeouts: u64,
     pub silence_timeouts: u64,
     pub redrives: u64,
+    pub resyncs: u64,
     pub bytes: u64,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,

@@ -134,6 +134,7 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
     drop(report_tx);
     let control_cfg = control::ControlConfig {
         gamma_url: cfg.endpoints.gamma_url.clone(),
+        selection: cfg.selection.clone(),
         discovery: discovery::DiscoveryLimits {
             page_limit: cfg.discovery.page_limit,
             requests_per_10s_max: cfg.discovery.requests_per_10s_max,
