@@ -288,7 +288,7 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
 fn selected(sel: &Selection, m: &GammaMarket) -> bool {
     let listed = sel.condition_ids.is_empty() && sel.slugs.is_empty() && sel.token_ids.is_empty()
         || sel.condition_ids.iter().any(|c| c == m.condition_id.as_str())
-        || sel.slugs.iter().any(|s| *s == m.slug)
+        || sel.slugs.contains(&m.slug)
         || m.tokens.iter().any(|t| sel.token_ids.iter().any(|x| x == t.as_str()));
     listed
         && m.volume.unwrap_or(0.0) >= sel.volume_min
