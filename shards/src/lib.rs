@@ -5,3 +5,4 @@ pub mod config;
 pub mod engine;
 pub mod net;
 pub mod replay;
+pub mod sim_server;
