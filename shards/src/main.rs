@@ -29,6 +29,22 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Run the simulated exchange and the engine in one process, pointed at each other.
+    Demo {
+        /// The configuration file for the engine; endpoints are replaced by the simulator's.
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Where the engine's HTTP API listens (overrides the config).
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Run only the simulated Polymarket exchange (Gamma, CLOB REST, market WebSocket).
+    Sim {
+        #[command(flatten)]
+        sim: SimArgs,
+    },
     /// Validate a configuration file and print the resolved settings.
     CheckConfig {
         /// The configuration file.
@@ -55,6 +71,40 @@ enum Command {
         #[arg(long)]
         no_verify_hash: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Where the simulated exchange listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Seed of the simulated market.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Markets at start (two tokens each).
+    #[arg(long, default_value_t = 1000)]
+    markets: usize,
+    /// Events generated per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Random faults per minute (drops, 1013 closes, silence, duplicates, malformed, 429s).
+    #[arg(long, default_value_t = 0.0)]
+    faults_per_minute: f64,
+}
+
+impl SimArgs {
+    fn config(&self) -> polybook_shards::sim_server::SimServerConfig {
+        use polybook_shards::sim_server::{RandomFaults, SimServerConfig};
+        SimServerConfig {
+            listen: self.listen.clone(),
+            seed: self.seed,
+            markets: self.markets,
+            rate: self.rate,
+            random_faults: (self.faults_per_minute > 0.0)
+                .then_some(RandomFaults { seed: self.seed, per_minute: self.faults_per_minute }),
+            ..SimServerConfig::default()
+        }
+    }
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -115,6 +165,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("API on http://{}", engine.api_addr());
             wait_for_signal()?;
             engine.stop();
+            Ok(())
+        }
+        Command::Sim { sim } => {
+            init_logging("info", cli.log_json);
+            let handle = polybook_shards::sim_server::spawn_sim_server(sim.config())?;
+            println!("simulated exchange on {} (markets: {})", handle.http_url(), sim.markets);
+            println!("  gamma: {}/markets/keyset?closed=false&limit=100", handle.http_url());
+            println!("  clob:  {}/book?token_id=...", handle.http_url());
+            println!("  ws:    {}", handle.ws_url());
+            println!(
+                "  truth: {}/sim/book/TOKEN_ID, control: {}/sim/status",
+                handle.http_url(),
+                handle.http_url()
+            );
+            wait_for_signal()?;
+            handle.stop()?;
+            Ok(())
+        }
+        Command::Demo { config, sim, api } => {
+            let mut cfg: Config =
+                if config.exists() { Config::load(&config)? } else { Config::default() };
+            init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
+            let started = std::time::Instant::now();
+            let handle = polybook_shards::sim_server::spawn_sim_server(sim.config())?;
+            cfg.endpoints.gamma_url = handle.http_url();
+            cfg.endpoints.clob_url = handle.http_url();
+            cfg.endpoints.ws_url = handle.ws_url();
+            if let Some(api) = api {
+                cfg.api.listen = api;
+            }
+            // The simulator lists markets at once; rediscover often so new ones show quickly.
+            cfg.discovery.interval_ms = cfg.discovery.interval_ms.min(10_000);
+            let cfg = cfg.validate()?;
+            let engine = polybook_shards::engine::start(&cfg)?;
+            println!("polybook demo: simulated exchange on {}", handle.http_url());
+            println!(
+                "polybook demo: API on http://{}  (try /stats, /health, /books/TOKEN_ID)",
+                engine.api_addr()
+            );
+            println!(
+                "polybook demo: started in {} ms; Ctrl-C stops",
+                started.elapsed().as_millis()
+            );
+            wait_for_signal()?;
+            engine.stop();
+            handle.stop()?;
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -1,0 +1,269 @@
+//! The engine end to end against the simulated exchange on 127.0.0.1: every book goes live,
+//! survives dropped connections and duplicate frames, and equals the simulator's truth at rest.
+
+use std::time::{Duration, Instant};
+
+use polybook_shards::config::{Config, DataCores, ValidConfig};
+use polybook_shards::engine::{self, EngineHandle};
+use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig, SimServerHandle};
+use serde_json::Value;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, Value) {
+    match agent().get(url).call() {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        }
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn post(url: &str, body: &str) -> u16 {
+    match agent().post(url).header("content-type", "application/json").send(body) {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with the last state after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > limit => panic!("timed out waiting for {what}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn engine_config(sim: &SimServerHandle, tokens_per_conn: usize) -> ValidConfig {
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let mut c = Config::default();
+    c.endpoints.gamma_url = sim.http_url();
+    c.endpoints.clob_url = sim.http_url();
+    c.endpoints.ws_url = sim.ws_url();
+    c.layout.control_core = 0;
+    c.layout.data_cores = DataCores::List(vec![0, 1 % cpus]);
+    c.connections.tokens_per_conn_target = tokens_per_conn;
+    c.connections.ping_interval_ms = 1000;
+    c.connections.pong_timeout_ms = 10_000;
+    c.connections.data_silence_ms = 20_000;
+    c.connections.first_book_timeout_ms = 5000;
+    c.connections.reconnect_delay_ms_min = 50;
+    c.connections.reconnect_delay_ms_max = 1000;
+    c.discovery.interval_ms = 1000;
+    c.api.listen = "127.0.0.1:0".into();
+    c.log.progress_interval_ms = 0;
+    c.validate().unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+fn sim(seed: u64, markets: usize, rate: f64) -> SimServerHandle {
+    spawn_sim_server(SimServerConfig { seed, markets, rate, ..SimServerConfig::default() })
+        .unwrap_or_else(|e| panic!("sim: {e}"))
+}
+
+fn stats(engine: &EngineHandle) -> Value {
+    get(&format!("http://{}/stats", engine.api_addr())).1
+}
+
+fn total(stats: &Value, key: &str) -> u64 {
+    stats["totals"][key].as_u64().unwrap_or(0)
+}
+
+/// Every market the simulator lists: (token, active).
+fn sim_tokens(sim: &SimServerHandle) -> Vec<(String, bool)> {
+    let (_, markets) = get(&format!("{}/sim/markets", sim.http_url()));
+    let mut out = Vec::new();
+    for m in markets.as_array().cloned().unwrap_or_default() {
+        let active = m["active"].as_bool().unwrap_or(false);
+        for t in m["tokens"].as_array().cloned().unwrap_or_default() {
+            out.push((t.as_str().unwrap_or_default().to_owned(), active));
+        }
+    }
+    out
+}
+
+fn all_books_settled(engine: &EngineHandle, want_books: u64) -> Result<Value, String> {
+    let s = stats(engine);
+    let (books, live, resolved) =
+        (total(&s, "books"), total(&s, "books_live"), total(&s, "books_resolved"));
+    if books >= want_books && live + resolved == books {
+        Ok(s)
+    } else {
+        Err(format!("books {books}, live {live}, resolved {resolved}: {}", s["totals"]))
+    }
+}
+
+/// Compares every book the simulator has with the engine's: status, levels and tick size;
+/// last trade for the tokens in `check_trade` (a trade missed while a connection was down
+/// cannot be recovered: the venue replays nothing and snapshots carry no trade details).
+/// Returns the truth's last trades, or the first difference.
+fn compare_with_truth(
+    engine: &EngineHandle,
+    sim: &SimServerHandle,
+    check_trade: &dyn Fn(&str, &Value) -> bool,
+) -> Result<std::collections::HashMap<String, Value>, String> {
+    let mut trades = std::collections::HashMap::new();
+    for (token, active) in sim_tokens(sim) {
+        let (_, truth) = get(&format!("{}/sim/book/{token}", sim.http_url()));
+        let (status, ours) = get(&format!("http://{}/books/{token}", engine.api_addr()));
+        if status != 200 {
+            return Err(format!("engine has no book for {token} (HTTP {status})"));
+        }
+        let want_status = if active { "live" } else { "resolved" };
+        if ours["status"] != want_status {
+            return Err(format!("{token}: status {} want {want_status}", ours["status"]));
+        }
+        let mut keys = vec!["bids", "asks", "tick_size"];
+        if check_trade(&token, &truth["last_trade"]) {
+            keys.push("last_trade");
+        }
+        for key in keys {
+            if ours[key] != truth[key] {
+                return Err(format!(
+                    "{token}: {key} differs: ours {} truth {}",
+                    ours[key], truth[key]
+                ));
+            }
+        }
+        trades.insert(token, truth["last_trade"].clone());
+    }
+    Ok(trades)
+}
+
+fn wait_at_rest(base: &str) {
+    assert_eq!(post(&format!("{base}/sim/pause"), ""), 200);
+    wait_for("sim at rest", Duration::from_secs(30), || {
+        let (_, st) = get(&format!("{base}/sim/status"));
+        if st["at_rest"] == true {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    });
+}
+
+#[test]
+fn engine_books_equal_truth_through_drops_and_duplicates() {
+    let sim = sim(11, 120, 300.0);
+    // 120 markets, 2 shards, 40 tokens per connection: several connections per shard.
+    let engine = engine::start(&engine_config(&sim, 40)).unwrap_or_else(|e| panic!("{e}"));
+    let base = sim.http_url();
+    let s = wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 240));
+
+    // Every tracked token is on exactly one connection of its shard, and no shard saw a
+    // token it does not own.
+    for shard in s["shards"].as_array().cloned().unwrap_or_default() {
+        let conn_tokens: u64 = shard["connections"]
+            .as_array()
+            .map_or(0, |cs| cs.iter().map(|c| c["tokens"].as_u64().unwrap_or(0)).sum());
+        assert_eq!(conn_tokens, shard["markets"].as_u64().unwrap_or(0) * 2, "{shard}");
+        assert!(shard["connections"].as_array().is_some_and(|c| c.len() >= 2), "{shard}");
+        assert_eq!(shard["store"]["untracked"], 0, "a frame reached a shard that does not own it");
+    }
+
+    // Faults: every connection dropped without a close frame, then duplicated frames.
+    assert_eq!(post(&format!("{base}/sim/fault"), r#"{"kind":"drop"}"#), 200);
+    wait_for("reconnects", Duration::from_secs(30), || {
+        let s = stats(&engine);
+        let r = total(&s, "reconnects");
+        if r >= 6 {
+            Ok(())
+        } else {
+            Err(format!("reconnects {r}"))
+        }
+    });
+    assert_eq!(post(&format!("{base}/sim/fault"), r#"{"kind":"duplicate","count":200}"#), 200);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // At rest: pause, let the queues drain, then every book equals the truth.
+    wait_at_rest(&base);
+    let before = wait_for("books equal to truth", Duration::from_secs(30), || {
+        compare_with_truth(&engine, &sim, &|_, _| false)
+    });
+    assert!(before.len() >= 240, "compared {}", before.len());
+    // A clean phase: every trade in it must reach the engine with its size and side.
+    assert_eq!(post(&format!("{base}/sim/resume"), ""), 200);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_at_rest(&base);
+    let traded = |t: &str, now: &Value| before.get(t).is_some_and(|b| b != now);
+    let after = wait_for("books and trades equal to truth", Duration::from_secs(30), || {
+        compare_with_truth(&engine, &sim, &traded)
+    });
+    let n_traded = after.iter().filter(|(t, v)| traded(t, v)).count();
+    assert!(n_traded >= 5, "only {n_traded} tokens traded in the clean phase");
+    let s = stats(&engine);
+    assert_eq!(total(&s, "hash_mismatches"), 0, "{}", s["totals"]);
+    assert_eq!(total(&s, "decode_errors"), 0, "{}", s["totals"]);
+    assert!(total(&s, "hash_checks") > 1000, "{}", s["totals"]);
+    engine.stop();
+    sim.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn engine_survives_unreachable_endpoints_and_reports_them() {
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let mut c = Config::default();
+    // Nothing listens on port 1.
+    c.endpoints.gamma_url = "http://127.0.0.1:1".into();
+    c.endpoints.ws_url = "ws://127.0.0.1:1/ws/market".into();
+    c.layout.data_cores = DataCores::List(vec![cpus - 1]);
+    c.api.listen = "127.0.0.1:0".into();
+    c.log.progress_interval_ms = 0;
+    let cfg = c.validate().unwrap_or_else(|e| panic!("{e}"));
+    let engine = engine::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (status, _) = get(&format!("http://{}/health", engine.api_addr()));
+    assert_eq!(status, 200);
+    let s = wait_for("a failed discovery", Duration::from_secs(60), || {
+        let s = stats(&engine);
+        if s["discovery"]["failures"].as_u64().unwrap_or(0) >= 1 {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert!(s["discovery"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    let (status, body) = get(&format!("http://{}/books/123", engine.api_addr()));
+    assert_eq!(status, 404, "{body}");
+    engine.stop();
+}
+
+#[test]
+fn engine_rejects_impossible_layouts_and_busy_ports() {
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let mut c = Config::default();
+    c.layout.data_cores = DataCores::List(vec![cpus + 3]);
+    let cfg = c.validate().unwrap_or_else(|e| panic!("{e}"));
+    let err = engine::resolve_layout(&cfg, cpus).map(|_| ()).map_err(|e| e.to_string());
+    assert!(err.as_ref().is_err_and(|e| e.contains("data_cores names CPU")), "{err:?}");
+
+    let mut c = Config::default();
+    c.layout.control_core = cpus + 1;
+    let cfg = c.validate().unwrap_or_else(|e| panic!("{e}"));
+    assert!(engine::start(&cfg).is_err());
+
+    // The API port is taken by a plain std listener (not SO_REUSEPORT): a clear error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Config::default();
+    c.endpoints.gamma_url = "http://127.0.0.1:1".into();
+    c.layout.data_cores = DataCores::List(vec![0]);
+    c.api.listen = taken.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let cfg = c.validate().unwrap_or_else(|e| panic!("{e}"));
+    match engine::start(&cfg) {
+        Err(e) => assert!(e.to_string().contains("cannot listen"), "{e}"),
+        Ok(h) => {
+            h.stop();
+            panic!("bound a port that is in use");
+        }
+    }
+}
