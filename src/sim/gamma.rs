@@ -50,8 +50,28 @@ pub fn market_json(m: &SimMarket) -> String {
     s
 }
 
-fn wanted(m: &SimMarket, closed: Option<bool>) -> bool {
-    closed.is_none_or(|c| c != m.is_active())
+/// Gamma's list filters that the simulator honours (repeatable on the venue).
+#[derive(Debug, Clone, Default)]
+pub struct GammaFilter {
+    pub closed: Option<bool>,
+    pub condition_ids: Vec<String>,
+    pub slugs: Vec<String>,
+    pub clob_token_ids: Vec<String>,
+}
+
+impl GammaFilter {
+    pub fn closed(closed: Option<bool>) -> GammaFilter {
+        GammaFilter { closed, ..GammaFilter::default() }
+    }
+
+    fn wants(&self, m: &SimMarket) -> bool {
+        self.closed.is_none_or(|c| c != m.is_active())
+            && (self.condition_ids.is_empty()
+                || self.condition_ids.iter().any(|c| c == m.condition_id.as_str()))
+            && (self.slugs.is_empty() || self.slugs.contains(&m.slug))
+            && (self.clob_token_ids.is_empty()
+                || m.tokens.iter().any(|t| self.clob_token_ids.iter().any(|x| x == t.as_str())))
+    }
 }
 
 /// `GET /markets/keyset`: `{"markets":[..],"next_cursor":".."}`, `next_cursor` absent on the
@@ -60,7 +80,7 @@ pub fn keyset_page(
     ex: &SimExchange,
     after_cursor: Option<&str>,
     limit: usize,
-    closed: Option<bool>,
+    filter: &GammaFilter,
 ) -> String {
     let limit = limit.clamp(1, PAGE_LIMIT_MAX);
     let after: u64 = after_cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -71,7 +91,7 @@ pub fn keyset_page(
     let mut last = None;
     let mut more = false;
     for m in &markets[start..] {
-        if !wanted(m, closed) {
+        if !filter.wants(m) {
             continue;
         }
         if n == limit {
@@ -94,11 +114,11 @@ pub fn keyset_page(
 }
 
 /// Legacy `GET /markets?limit&offset`: a bare array.
-pub fn offset_page(ex: &SimExchange, offset: usize, limit: usize, closed: Option<bool>) -> String {
+pub fn offset_page(ex: &SimExchange, offset: usize, limit: usize, filter: &GammaFilter) -> String {
     let limit = limit.clamp(1, PAGE_LIMIT_MAX);
     let mut out = String::from("[");
     for (i, m) in
-        ex.markets().iter().filter(|m| wanted(m, closed)).skip(offset).take(limit).enumerate()
+        ex.markets().iter().filter(|m| filter.wants(m)).skip(offset).take(limit).enumerate()
     {
         if i > 0 {
             out.push(',');

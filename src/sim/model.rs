@@ -207,7 +207,10 @@ impl SimExchange {
     pub fn step(&mut self, now_ms: u64, out: &mut Vec<SimFrame>) -> EventKind {
         self.now_ms = self.now_ms.max(now_ms);
         let roll = self.rng.below(1000);
-        if roll < 2 {
+        // New markets replace resolved ones, so the active set stays near its starting size
+        // over long runs (a soak would otherwise grow without bound).
+        let room = self.active.len() < self.cfg.markets + self.cfg.markets / 10 + 1;
+        if roll < 2 && room {
             self.create_market(out);
             return EventKind::NewMarket;
         }

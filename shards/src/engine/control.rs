@@ -14,7 +14,7 @@ use polybook::protocol::gamma::GammaMarket;
 use polybook::routing::shard_for;
 use polybook::{MarketId, TokenId};
 
-use super::discovery::{discover, DiscoveryLimits};
+use super::discovery::{discover, lookup, DiscoveryLimits};
 use super::mesh::{Command, MarketSpec, Report, ShardStats};
 use crate::config::Selection;
 use crate::net::{Handler, Request, Response, Server, ServerConfig, Shutdown};
@@ -233,9 +233,10 @@ type ShardCommands = Vec<(usize, Command)>;
 fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) -> ShardCommands {
     let n = c.shards.len().max(1);
     let mut track: Vec<Vec<MarketSpec>> = vec![Vec::new(); n];
-    let mut seen: hashbrown::HashSet<MarketId> = hashbrown::HashSet::new();
+    // Presence counts before selection, so a market added by hand stays while it is open.
+    let seen: hashbrown::HashSet<MarketId> =
+        markets.iter().map(|m| m.condition_id.clone()).collect();
     for m in markets.into_iter().filter(|m| selected(&c.cfg.selection, m)) {
-        seen.insert(m.condition_id.clone());
         if let Some(e) = c.registry.get_mut(m.condition_id.as_str()) {
             if e.state == Lifecycle::Closed {
                 // Listed open again (Gamma flapped): subscribe again.
@@ -390,6 +391,24 @@ impl Handler for Api {
         &self,
         req: &Request,
     ) -> Option<futures_util::future::LocalBoxFuture<'static, Response>> {
+        if req.method == "POST" && req.path == "/admin/markets" {
+            if !req.peer.is_some_and(|p| p.ip().is_loopback()) {
+                return Some(Box::pin(async {
+                    Response::error(403, "admin endpoints are loopback only")
+                }));
+            }
+            let control = Rc::clone(&self.control);
+            let body: Result<AdminMarket, _> = req.body_json();
+            return Some(Box::pin(async move {
+                match body {
+                    Ok(a) => add_market(&control, a).await,
+                    Err(e) => Response::error(
+                        400,
+                        &format!("expected {{\"condition_id\"|\"slug\"|\"token_id\": ...}}: {e}"),
+                    ),
+                }
+            }));
+        }
         if req.method != "GET" {
             return None;
         }
@@ -406,6 +425,79 @@ impl Handler for Api {
             _ => None,
         }
     }
+}
+
+/// `POST /admin/markets` body: one of the three keys.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminMarket {
+    condition_id: Option<String>,
+    slug: Option<String>,
+    token_id: Option<String>,
+}
+
+/// Adds a market now, without waiting for discovery: a targeted Gamma lookup, then the same
+/// registry entry and `Track` command discovery would make. Selection does not apply.
+async fn add_market(control: &ControlRef, a: AdminMarket) -> Response {
+    let (key, value) = match (a.condition_id, a.slug, a.token_id) {
+        (Some(v), None, None) => ("condition_ids", v),
+        (None, Some(v), None) => ("slug", v),
+        (None, None, Some(v)) => ("clob_token_ids", v),
+        _ => return Response::error(400, "give exactly one of condition_id, slug, token_id"),
+    };
+    let (url, limits) = {
+        let c = control.borrow();
+        (c.cfg.gamma_url.clone(), c.cfg.discovery.clone())
+    };
+    let (tx, rx) = flume::bounded(1);
+    let spawned = std::thread::Builder::new().name("gamma-lookup".into()).spawn(move || {
+        let _ = tx.send(lookup(&url, key, &value, &limits));
+    });
+    if spawned.is_err() {
+        return Response::error(500, "cannot start the lookup thread");
+    }
+    let found = match rx.recv_async().await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return Response::error(502, &format!("gamma: {e}")),
+        Err(_) => return Response::error(500, "lookup thread ended"),
+    };
+    if found.is_empty() {
+        return Response::error(404, "no open market with an order book matches");
+    }
+    let mut added = Vec::new();
+    let cmds = {
+        let mut c = control.borrow_mut();
+        let n = c.shards.len().max(1);
+        let mut track: Vec<Vec<MarketSpec>> = vec![Vec::new(); n];
+        for m in found {
+            let shard = shard_for(m.condition_id.as_str(), n);
+            added.push(serde_json::json!({
+                "condition_id": m.condition_id.as_str(),
+                "tokens": m.tokens.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                "shard": shard,
+            }));
+            if c.registry.get(m.condition_id.as_str()).is_some_and(|e| e.state == Lifecycle::Active)
+            {
+                continue;
+            }
+            track[shard].push(spec_of(&m));
+            for t in &m.tokens {
+                c.tokens.insert(t.clone(), m.condition_id.clone());
+            }
+            c.registry.insert(
+                m.condition_id.clone(),
+                Entry { market: m, shard, state: Lifecycle::Active, since: Instant::now() },
+            );
+        }
+        track
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, v)| (i, Command::Track(v)))
+            .collect()
+    };
+    send_commands(control, cmds).await;
+    Response::json(200, &serde_json::json!({ "added": added }))
 }
 
 async fn query<T>(

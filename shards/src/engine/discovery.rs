@@ -64,6 +64,31 @@ pub fn discover(
     Ok(run)
 }
 
+/// One targeted Gamma lookup (`condition_ids=`, `slug=` or `clob_token_ids=`): the open,
+/// tradeable markets it finds. Blocking: call it off the executors.
+pub fn lookup(
+    base_url: &str,
+    key: &str,
+    value: &str,
+    limits: &DiscoveryLimits,
+) -> Result<Vec<GammaMarket>, DiscoveryError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(limits.request_timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!(
+        "{}/markets/keyset?closed=false&limit=10&{key}={}",
+        base_url.trim_end_matches('/'),
+        urlencode(value)
+    );
+    let mut run = DiscoveryRun::default();
+    let (mut start, mut n) = (Instant::now(), 0);
+    let body = fetch(&agent, &url, limits, &mut run, &mut start, &mut n)?;
+    let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
+    Ok(page.markets.into_iter().filter_map(Result::ok).filter(GammaMarket::is_tradeable).collect())
+}
+
 fn enumerate(
     base_url: &str,
     tag: Option<u64>,

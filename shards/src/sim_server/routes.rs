@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use polybook::sim::gamma::{keyset_page, offset_page};
+use polybook::sim::gamma::{keyset_page, offset_page, GammaFilter};
 use polybook::view::BookView;
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +86,23 @@ impl Handler for Routes {
     }
 }
 
+/// `condition_ids`, `slug` and `clob_token_ids`, each repeatable (and comma-separated).
+fn gamma_filter(req: &Request, closed: Option<bool>) -> GammaFilter {
+    let list = |name: &str| -> Vec<String> {
+        req.query_params(name)
+            .flat_map(|v| v.split(','))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    GammaFilter {
+        closed,
+        condition_ids: list("condition_ids"),
+        slugs: list("slug"),
+        clob_token_ids: list("clob_token_ids"),
+    }
+}
+
 impl Routes {
     fn gamma(&self, req: &Request) -> Response {
         let mut st = self.state.borrow_mut();
@@ -111,7 +128,8 @@ impl Routes {
             if req.query_param("offset").is_some() {
                 return Response::error(422, "offset is not supported; use after_cursor");
             }
-            let body = keyset_page(&st.ex, req.query_param("after_cursor"), limit, closed);
+            let filter = gamma_filter(req, closed);
+            let body = keyset_page(&st.ex, req.query_param("after_cursor"), limit, &filter);
             return Response::json_raw(200, body);
         }
         let offset = match req.query_param("offset").map(str::parse::<usize>) {
@@ -121,7 +139,8 @@ impl Routes {
             Some(Err(_)) => return Response::error(400, "invalid offset"),
         };
         // Legacy listing: `closed` defaults to false, and the venue flags it as deprecated.
-        Response::json_raw(200, offset_page(&st.ex, offset, limit, closed.or(Some(false))))
+        let filter = gamma_filter(req, closed.or(Some(false)));
+        Response::json_raw(200, offset_page(&st.ex, offset, limit, &filter))
             .with_header("deprecation", "true")
             .with_header("sunset", "2026-05-01")
     }
