@@ -146,6 +146,84 @@ impl ConnTable {
     }
 }
 
+/// A connection as the recycling policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnView {
+    pub id: u32,
+    /// Age of its current socket.
+    pub age_ms: u64,
+    /// Share of its subscriptions that no longer belong to tracked markets.
+    pub pollution_pct: u8,
+    pub recycling: bool,
+}
+
+/// Recycling thresholds (config `[lifecycle]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecycleLimits {
+    pub pollution_pct: u8,
+    pub age_ms: u64,
+    pub min_age_ms: u64,
+    pub concurrent_max: usize,
+}
+
+/// Which connections to recycle now: polluted or old ones, most polluted then oldest first,
+/// never one younger than the minimum age, and never more than `concurrent_max` in flight.
+pub fn recycle_candidates(conns: &[ConnView], limits: RecycleLimits) -> Vec<u32> {
+    let in_flight = conns.iter().filter(|c| c.recycling).count();
+    let room = limits.concurrent_max.saturating_sub(in_flight);
+    let mut due: Vec<&ConnView> = conns
+        .iter()
+        .filter(|c| !c.recycling && c.age_ms >= limits.min_age_ms)
+        .filter(|c| c.pollution_pct >= limits.pollution_pct || c.age_ms >= limits.age_ms)
+        .collect();
+    due.sort_by(|a, b| b.pollution_pct.cmp(&a.pollution_pct).then(b.age_ms.cmp(&a.age_ms)));
+    due.into_iter().take(room).map(|c| c.id).collect()
+}
+
+/// Unix milliseconds of an ISO-8601 UTC timestamp as Gamma writes them
+/// (`2026-03-12T09:25:00Z`, optional fraction, or a bare date). None if it does not parse.
+pub fn parse_iso8601_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
+        return None;
+    }
+    let (mut hh, mut mm, mut ss) = (0, 0, 0);
+    if b.len() > 10 {
+        if !matches!(b.get(10), Some(b'T') | Some(b' ')) {
+            return None;
+        }
+        hh = num(11..13)?;
+        mm = num(14..16)?;
+        ss = num(17..19).unwrap_or(0);
+        if hh > 23 || mm > 59 || ss > 60 {
+            return None;
+        }
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).ok().map(|s| s * 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +243,43 @@ mod tests {
         assert_eq!(judge(100_000, 90_000, 90_000, l), Verdict::Healthy);
         assert_eq!(judge(100_000, 60_000, 0, l), Verdict::PongTimeout);
         assert_eq!(judge(100_000, 95_000, 30_000, l), Verdict::DataSilence);
+    }
+
+    #[test]
+    fn recycle_candidates_respects_limits_and_order() {
+        let l =
+            RecycleLimits { pollution_pct: 30, age_ms: 1000, min_age_ms: 100, concurrent_max: 2 };
+        let c = |id, age_ms, pollution_pct, recycling| ConnView {
+            id,
+            age_ms,
+            pollution_pct,
+            recycling,
+        };
+        // Young (below min age), healthy, polluted, old, very polluted.
+        let conns = [
+            c(1, 50, 90, false),
+            c(2, 500, 0, false),
+            c(3, 500, 40, false),
+            c(4, 2000, 0, false),
+            c(5, 500, 80, false),
+        ];
+        assert_eq!(recycle_candidates(&conns, l), [5, 3]);
+        let busy = [c(1, 5000, 0, true), c(2, 5000, 0, false), c(3, 9000, 0, false)];
+        assert_eq!(recycle_candidates(&busy, l), [3]);
+        let full = [c(1, 5000, 0, true), c(2, 5000, 0, true), c(3, 9000, 0, false)];
+        assert!(recycle_candidates(&full, l).is_empty());
+    }
+
+    #[test]
+    fn parse_iso8601_matches_known_instants() {
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_iso8601_ms("2026-03-12T09:25:00Z"), Some(1_773_307_500_000));
+        assert_eq!(parse_iso8601_ms("2026-03-11T09:29:01.328428Z"), Some(1_773_221_341_000));
+        assert_eq!(parse_iso8601_ms("2000-02-29"), Some(951_782_400_000));
+        assert_eq!(parse_iso8601_ms("2026-13-01"), None);
+        assert_eq!(parse_iso8601_ms("garbage"), None);
+        assert_eq!(parse_iso8601_ms(""), None);
+        assert_eq!(parse_iso8601_ms("2026-03-12X09"), None);
     }
 
     #[test]

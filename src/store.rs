@@ -362,7 +362,7 @@ impl BookStore {
             }
             MarketEvent::LastTradePrice(e) => {
                 self.counters.events_last_trade_price += 1;
-                self.apply_last_trade(feed, e, sink);
+                self.apply_last_trade(e, sink);
             }
             MarketEvent::BestBidAsk(e) => {
                 self.counters.events_best_bid_ask += 1;
@@ -562,17 +562,15 @@ impl BookStore {
         sink.on_update(&BookUpdate::TickSize { old, new: e.new_tick_size }, book);
     }
 
-    fn apply_last_trade(
-        &mut self,
-        feed: FeedId,
-        e: &LastTradePriceEvent<'_>,
-        sink: &mut impl UpdateSink,
-    ) {
+    fn apply_last_trade(&mut self, e: &LastTradePriceEvent<'_>, sink: &mut impl UpdateSink) {
         let Some(book) = self.books.get_mut(&*e.asset_id) else {
             self.counters.untracked += 1;
             return;
         };
-        if !admit(book, feed, &mut self.counters) {
+        // A trade changes no level, so any connection of this shard may report it (during a
+        // recycle the old socket can still deliver a trade the new socket's snapshot already
+        // reflects, and the snapshot carries no trade details). Only a newer trade replaces.
+        if book.last_trade().is_some_and(|t| t.timestamp_ms > e.timestamp.0) {
             return;
         }
         let trade =

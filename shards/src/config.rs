@@ -166,6 +166,13 @@ pub struct Lifecycle {
     pub recycle_age_ms: u64,
     pub recycle_min_age_ms: u64,
     pub recycle_concurrent_max: usize,
+    /// Longest a recycle waits for the new socket to take every book over before closing the
+    /// old one anyway (books not yet moved resync).
+    pub handoff_timeout_ms: u64,
+    /// How often control checks connections for recycling (age, pollution).
+    pub recycle_check_ms: u64,
+    /// A market past its end date by this much, neither resolved nor closed, is expired.
+    pub expire_after_end_ms: u64,
 }
 
 impl Default for Lifecycle {
@@ -176,6 +183,9 @@ impl Default for Lifecycle {
             recycle_age_ms: 86_400_000,
             recycle_min_age_ms: 300_000,
             recycle_concurrent_max: 2,
+            handoff_timeout_ms: 30_000,
+            recycle_check_ms: 10_000,
+            expire_after_end_ms: 7 * 86_400_000,
         }
     }
 }
@@ -280,6 +290,8 @@ impl Config {
         let l = &self.lifecycle;
         in_range("lifecycle.recycle_pollution_pct", l.recycle_pollution_pct, 1, 100)?;
         in_range("lifecycle.recycle_concurrent_max", l.recycle_concurrent_max, 1, 64)?;
+        in_range("lifecycle.handoff_timeout_ms", l.handoff_timeout_ms, 100, 600_000)?;
+        in_range("lifecycle.recycle_check_ms", l.recycle_check_ms, 100, 3_600_000)?;
         in_range("layout.io_memory_kib", self.layout.io_memory_kib, 64, 1 << 20)?;
         if let DataCores::List(cores) = &self.layout.data_cores {
             if cores.is_empty() {

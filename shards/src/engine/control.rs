@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use hashbrown::HashMap;
 use polybook::book::TokenMeta;
+use polybook::policy::{parse_iso8601_ms, recycle_candidates, ConnView, RecycleLimits};
 use polybook::protocol::gamma::GammaMarket;
 use polybook::routing::shard_for;
 use polybook::{MarketId, TokenId};
@@ -28,6 +29,10 @@ pub struct ControlConfig {
     pub discovery_interval: Duration,
     pub api_listen: String,
     pub resolved_grace: Duration,
+    pub recycle: RecycleLimits,
+    pub recycle_check: Duration,
+    /// A market this long past its end date (neither resolved nor closed) is expired.
+    pub expire_after_end: Duration,
     /// How often a progress line is logged (markets, books live, frames/s); zero: never.
     pub progress_interval: Duration,
 }
@@ -42,6 +47,8 @@ pub enum Lifecycle {
     Resolved,
     /// Gamma no longer lists it as open; kept visible for the grace period.
     Closed,
+    /// Past its end date by `expire_after_end` without resolving or closing; unsubscribed.
+    Expired,
 }
 
 struct Entry {
@@ -117,6 +124,7 @@ pub async fn run(
     let rep =
         glommio::spawn_local(report_loop(Rc::clone(&control), reports, stopping.clone())).detach();
     let prog = glommio::spawn_local(progress_loop(Rc::clone(&control), stopping.clone())).detach();
+    let recy = glommio::spawn_local(recycle_loop(Rc::clone(&control), stopping.clone())).detach();
     let _ = stop.recv_async().await;
     tracing::info!("stopping");
     stopping.trigger();
@@ -129,6 +137,46 @@ pub async fn run(
     drop(disc);
     drop(rep);
     drop(prog);
+    drop(recy);
+}
+
+/// Control's recycling policy: every `recycle_check`, recycle polluted or old connections
+/// (see `policy::recycle_candidates`).
+async fn recycle_loop(control: ControlRef, stopping: Shutdown) {
+    let (every, limits) = {
+        let c = control.borrow();
+        (c.cfg.recycle_check, c.cfg.recycle)
+    };
+    while !stopping.is_triggered() {
+        future::or(glommio::timer::sleep(every), stopping.wait()).await;
+        if stopping.is_triggered() {
+            return;
+        }
+        let stats = gather_stats(&control).await;
+        let views: Vec<ConnView> = stats
+            .iter()
+            .flatten()
+            .flat_map(|s| s.connections.iter())
+            .map(|c| ConnView {
+                id: c.id,
+                age_ms: c.age_ms,
+                pollution_pct: c.pollution_pct,
+                recycling: c.recycling,
+            })
+            .collect();
+        for conn in recycle_candidates(&views, limits) {
+            tracing::info!(conn, "recycling (policy)");
+            let tx = control.borrow().shards.get(conn_shard(conn)).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send_async(Command::Recycle { conn, reply: None }).await;
+            }
+        }
+    }
+}
+
+/// Connection ids carry their shard in the top 8 bits (see `data::run`).
+fn conn_shard(conn: u32) -> usize {
+    (conn >> 24) as usize
 }
 
 async fn progress_loop(control: ControlRef, stopping: Shutdown) {
@@ -308,11 +356,25 @@ fn spec_of(m: &GammaMarket) -> MarketSpec {
     }
 }
 
-/// Resolved and closed markets leave the registry after the grace period.
+/// Markets long past their end date expire (unsubscribed now); resolved, closed and expired
+/// markets leave the registry after the grace period.
 fn sweep_expired(c: &mut Control) -> ShardCommands {
     let grace = c.cfg.resolved_grace;
     let n = c.shards.len().max(1);
     let mut untrack: Vec<Vec<MarketId>> = vec![Vec::new(); n];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let after = c.cfg.expire_after_end.as_millis() as u64;
+    for (id, e) in c.registry.iter_mut() {
+        let end = e.market.end_date.as_deref().and_then(parse_iso8601_ms);
+        if e.state == Lifecycle::Active && end.is_some_and(|end| now_ms > end.saturating_add(after))
+        {
+            e.state = Lifecycle::Expired;
+            e.since = Instant::now();
+            untrack[e.shard].push(id.clone());
+        }
+    }
     let expired: Vec<MarketId> = c
         .registry
         .iter()
@@ -406,6 +468,30 @@ impl Handler for Api {
                         400,
                         &format!("expected {{\"condition_id\"|\"slug\"|\"token_id\": ...}}: {e}"),
                     ),
+                }
+            }));
+        }
+        if req.method == "POST" && req.path.starts_with("/admin/recycle/") {
+            if !req.peer.is_some_and(|p| p.ip().is_loopback()) {
+                return Some(Box::pin(async {
+                    Response::error(403, "admin endpoints are loopback only")
+                }));
+            }
+            let control = Rc::clone(&self.control);
+            let conn = req.path.trim_start_matches("/admin/recycle/").parse::<u32>();
+            return Some(Box::pin(async move {
+                let Ok(conn) = conn else {
+                    return Response::error(400, "connection id must be a number (see /stats)");
+                };
+                let tx = control.borrow().shards.get(conn_shard(conn)).cloned();
+                let Some(tx) = tx else { return Response::error(404, "no such connection") };
+                match query(&tx, |reply| Command::Recycle { conn, reply: Some(reply) }).await {
+                    Some(true) => Response::json(200, &serde_json::json!({"recycling": conn})),
+                    Some(false) => Response::error(
+                        409,
+                        "connection unknown, closing, disconnected or already recycling",
+                    ),
+                    None => Response::error(503, "owning shard did not answer"),
                 }
             }));
         }
@@ -545,6 +631,7 @@ async fn stats_response(control: &ControlRef) -> Response {
             Lifecycle::Active => "active",
             Lifecycle::Resolved => "resolved",
             Lifecycle::Closed => "closed",
+            Lifecycle::Expired => "expired",
         };
         *by_state.entry(k).or_default() += 1;
     }
@@ -569,6 +656,20 @@ async fn stats_response(control: &ControlRef) -> Response {
         add("hash_checks", s.store.hash_checks);
         add("hash_mismatches", s.store.hash_mismatches);
         add("untracked", s.store.untracked);
+        add("resyncs", s.resyncs);
+        add("redrives", s.redrives);
+        add("recycles_started", s.recycles_started);
+        add("recycles_completed", s.recycles_completed);
+        add("recycles_failed", s.recycles_failed);
+        add("tokens_migrated", s.tokens_migrated);
+        add("handoff_timeouts", s.handoff_timeouts);
+        add("overlap_frames_ignored", s.store.not_feed);
+        add("feed_handoffs", s.store.feed_handoffs);
+        add("pong_timeouts", s.pong_timeouts);
+        add("silence_timeouts", s.silence_timeouts);
+        add("books_marked_suspect", s.store.books_marked_suspect);
+        add("books_marked_resyncing", s.store.books_marked_resyncing);
+        add("hash_ltp_learned", s.store.hash_ltp_learned);
     }
     let mut disc = serde_json::to_value(&c.discovery).unwrap_or_default();
     if let (Some(obj), Some(t)) = (disc.as_object_mut(), c.discovery.last_ok) {

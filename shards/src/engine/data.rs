@@ -1,6 +1,11 @@
 //! A data shard: one glommio executor that owns its books (a `BookStore`) and a connection
 //! group subscribed to exactly its markets' tokens. Frames are parsed and applied on the task
 //! that read them: no internal queue, nothing to drop; backpressure is the TCP socket.
+//!
+//! A connection *slot* (one `ConnTable` entry) usually has one socket. A recycle opens a
+//! second socket for the same tokens (make-before-break); each book moves to the new socket
+//! when that socket's `book` for it arrives (the store's feed handoff), and the old socket is
+//! closed once every book has moved. Until then the old socket keeps feeding: nothing is lost.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_util::{SinkExt, StreamExt};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use hdrhistogram::Histogram;
 use polybook::book::BookStatus;
 use polybook::policy::{judge, Backoff, ConnTable, Placement, Verdict, WatchdogLimits};
@@ -18,7 +23,7 @@ use polybook::view::BookView;
 use polybook::{BookStore, MarketId, StoreConfig, TokenId};
 
 use super::mesh::{Command, ConnStats, MarketSpec, Report, ShardStats};
-use crate::net::{connect_ws_with, ConnectOptions, Message, Shutdown};
+use crate::net::{connect_ws_with, ClientWs, ConnectOptions, Message, Shutdown};
 
 /// How a data shard connects and watches its connections.
 #[derive(Debug, Clone)]
@@ -35,6 +40,8 @@ pub struct DataShardConfig {
     pub backoff: Backoff,
     pub dynamic_subscribe: bool,
     pub custom_features: bool,
+    /// Longest a recycle waits for the new socket to take every book over.
+    pub handoff_timeout: Duration,
     pub store: StoreConfig,
 }
 
@@ -65,22 +72,57 @@ struct Counters {
     silence_timeouts: u64,
     redrives: u64,
     bytes: u64,
+    recycles_started: u64,
+    recycles_completed: u64,
+    recycles_failed: u64,
+    /// Books handed from an old socket to its replacement during recycles.
+    tokens_migrated: u64,
+    /// Books still on the old socket when a recycle gave up waiting (they resync).
+    handoff_timeouts: u64,
 }
 
-struct Conn {
+/// One open socket of a slot.
+struct Sock {
     feed: u32,
-    state: &'static str,
-    out: Option<flume::Sender<Message>>,
+    out: flume::Sender<Message>,
     kill: Shutdown,
-    closing: bool,
-    frames: u64,
-    reconnects: u64,
     opened_at: Instant,
-    /// Last PONG and last data frame on the current socket (written by the reader).
     last_pong: Instant,
     last_data: Instant,
-    /// Tokens subscribed on the current socket that have not had their first `book` yet.
+    frames: u64,
+    /// Tokens this socket is subscribed to (more than the slot's when unsubscribe is off:
+    /// the difference is pollution).
+    subscribed: HashSet<TokenId>,
+    /// Subscribed tokens that have not had their first `book` from this socket yet.
     awaiting: HashMap<TokenId, (Instant, u8)>,
+}
+
+/// A connection slot.
+struct Conn {
+    /// Oldest first; new subscriptions go to the last (newest) one.
+    sockets: Vec<Sock>,
+    state: &'static str,
+    closing: bool,
+    recycling: bool,
+    /// Without dynamic subscribe: tokens were added while a recycle was already running, so
+    /// another one must follow to subscribe them.
+    resubscribe_pending: bool,
+    /// Ends the slot's backoff sleeps when it is closed.
+    slot_kill: Shutdown,
+    reconnects: u64,
+    created_at: Instant,
+}
+
+impl Conn {
+    fn newest(&self) -> Option<&Sock> {
+        self.sockets.last()
+    }
+    fn newest_mut(&mut self) -> Option<&mut Sock> {
+        self.sockets.last_mut()
+    }
+    fn sock_mut(&mut self, feed: u32) -> Option<&mut Sock> {
+        self.sockets.iter_mut().find(|s| s.feed == feed)
+    }
 }
 
 struct Shard {
@@ -127,6 +169,12 @@ pub async fn run(
         match cmd {
             Command::Track(specs) => track(&shard, specs),
             Command::Untrack(markets) => untrack(&shard, &markets),
+            Command::Recycle { conn, reply } => {
+                let started = start_recycle(&shard, conn);
+                if let Some(reply) = reply {
+                    let _ = reply.send(started);
+                }
+            }
             Command::GetBook { token, depth, reply } => {
                 let s = shard.borrow();
                 let json = s.store.get(token.as_str()).map(|b| book_json(b, depth));
@@ -141,8 +189,10 @@ pub async fn run(
     let mut s = shard.borrow_mut();
     for conn in s.conns.values_mut() {
         conn.closing = true;
-        conn.out = None;
-        conn.kill.trigger();
+        conn.slot_kill.trigger();
+        for sock in &conn.sockets {
+            sock.kill.trigger();
+        }
     }
     tracing::info!(shard = shard_id, "data shard stopped");
 }
@@ -162,18 +212,16 @@ pub fn book_json(book: &polybook::Book, depth: Option<usize>) -> String {
 
 fn track(shard: &ShardRef, specs: Vec<MarketSpec>) {
     let mut new_conns = Vec::new();
+    let mut to_recycle = Vec::new();
     {
         let mut s = shard.borrow_mut();
         let mut per_conn: HashMap<u32, Vec<TokenId>> = HashMap::new();
         for spec in specs {
-            if s.markets.contains_key(spec.market.as_str()) {
-                for t in &spec.tokens {
-                    s.store.track(t.clone(), spec.market.clone(), spec.meta);
-                }
-                continue;
-            }
             for t in &spec.tokens {
                 s.store.track(t.clone(), spec.market.clone(), spec.meta);
+            }
+            if s.markets.contains_key(spec.market.as_str()) {
+                continue;
             }
             let placement = s.table.place(spec.market.clone(), spec.tokens.len());
             s.markets.insert(spec.market.clone(), spec.tokens.clone());
@@ -182,62 +230,64 @@ fn track(shard: &ShardRef, specs: Vec<MarketSpec>) {
                 Placement::Existing(id) => per_conn.entry(id).or_default().extend(spec.tokens),
             }
         }
-        // Markets added to open connections: dynamic subscribe; the new feed's snapshot
-        // seeds each book. Connections still connecting pick them up when they open.
+        // Markets added to open slots: dynamic subscribe on the newest socket (its snapshot
+        // seeds each book). Without dynamic subscribe the slot is recycled so that its new
+        // socket opens with every token. Slots still connecting pick them up when they open.
         for (id, tokens) in per_conn {
             if new_conns.contains(&id) {
                 continue;
             }
-            subscribe_on(&mut s, id, &tokens);
+            if s.cfg.dynamic_subscribe {
+                subscribe_on(&mut s, id, &tokens);
+            } else {
+                to_recycle.push(id);
+            }
         }
         for &id in &new_conns {
             s.conns.insert(
                 id,
                 Conn {
-                    feed: 0,
+                    sockets: Vec::new(),
                     state: "connecting",
-                    out: None,
-                    kill: Shutdown::new(),
                     closing: false,
-                    frames: 0,
+                    recycling: false,
+                    resubscribe_pending: false,
+                    slot_kill: Shutdown::new(),
                     reconnects: 0,
-                    opened_at: Instant::now(),
-                    last_pong: Instant::now(),
-                    last_data: Instant::now(),
-                    awaiting: HashMap::new(),
+                    created_at: Instant::now(),
                 },
             );
         }
     }
     for id in new_conns {
-        glommio::spawn_local(conn_task(Rc::clone(shard), id)).detach();
+        glommio::spawn_local(slot_task(Rc::clone(shard), id, None)).detach();
+    }
+    for id in to_recycle {
+        if !start_recycle(shard, id) {
+            if let Some(c) = shard.borrow_mut().conns.get_mut(&id) {
+                c.resubscribe_pending = !c.sockets.is_empty();
+            }
+        }
     }
 }
 
-/// Sends subscribe frames for `tokens` on an open connection and hands the books to its feed.
+/// Sends subscribe frames for `tokens` on a slot's newest socket and hands the books to it.
 fn subscribe_on(s: &mut Shard, conn_id: u32, tokens: &[TokenId]) {
     let custom = s.cfg.custom_features;
     let chunk = s.cfg.ids_per_frame_max;
-    let dynamic = s.cfg.dynamic_subscribe;
-    let Some(conn) = s.conns.get_mut(&conn_id) else { return };
-    let Some(out) = conn.out.clone() else { return };
-    if !dynamic {
-        // Without dynamic subscribe a connection only ever holds what it opened with: reopen
-        // it so the new tokens are in its opening frame.
-        conn.kill.trigger();
-        return;
-    }
-    let feed = conn.feed;
+    let Some(sock) = s.conns.get_mut(&conn_id).and_then(Conn::newest_mut) else { return };
     let now = Instant::now();
     for t in tokens {
-        conn.awaiting.insert(t.clone(), (now, 0));
+        sock.awaiting.insert(t.clone(), (now, 0));
+        sock.subscribed.insert(t.clone());
     }
     let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
     for part in ids.chunks(chunk) {
         for f in subscribe_frames(SubscribeOp::Subscribe, part, custom) {
-            let _ = out.send(Message::text(f));
+            let _ = sock.out.send(Message::text(f));
         }
     }
+    let feed = sock.feed;
     for t in tokens {
         s.store.assign_feed(t.as_str(), FeedId(feed));
     }
@@ -253,19 +303,28 @@ fn untrack(shard: &ShardRef, markets: &[MarketId]) {
         }
         let Some(conn_id) = s.table.remove(m.as_str()) else { continue };
         let empty = s.table.close_if_empty(conn_id);
-        if let Some(conn) = s.conns.get_mut(&conn_id) {
-            for t in &tokens {
-                conn.awaiting.remove(t);
+        let Some(conn) = s.conns.get_mut(&conn_id) else { continue };
+        if empty {
+            conn.closing = true;
+            conn.slot_kill.trigger();
+            for sock in &conn.sockets {
+                sock.kill.trigger();
             }
-            if empty {
-                conn.closing = true;
-                conn.kill.trigger();
-            } else if dynamic {
-                if let Some(out) = &conn.out {
-                    let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
-                    for f in subscribe_frames(SubscribeOp::Unsubscribe, &ids, false) {
-                        let _ = out.send(Message::text(f));
-                    }
+            continue;
+        }
+        let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
+        for sock in &mut conn.sockets {
+            for t in &tokens {
+                sock.awaiting.remove(t);
+            }
+            // Without dynamic unsubscribe the tokens stay on the socket: pollution, which
+            // control answers with a recycle.
+            if dynamic {
+                for t in &tokens {
+                    sock.subscribed.remove(t);
+                }
+                for f in subscribe_frames(SubscribeOp::Unsubscribe, &ids, false) {
+                    let _ = sock.out.send(Message::text(f));
                 }
             }
         }
@@ -289,64 +348,71 @@ fn next_random(s: &mut Shard) -> u64 {
     s.rng
 }
 
-/// One logical connection: connect, subscribe, read and apply until the socket ends or the
-/// watchdog gives up, then reconnect with backoff. Each socket gets a fresh feed id, and its
-/// books are marked Resyncing until its snapshots arrive.
-async fn conn_task(shard: ShardRef, conn_id: u32) {
+/// The slot's main loop: connect, serve the socket until it ends, reconnect with backoff.
+/// `first` is a socket a recycle already opened. When a socket ends while a newer one of the
+/// same slot is open (its recycle replacement), this task ends: the newer socket's task owns
+/// the slot now.
+async fn slot_task(shard: ShardRef, conn_id: u32, first: Option<ClientWs>) {
     let mut attempt: u32 = 0;
+    let mut pending = first;
     loop {
-        let (url, opts, kill) = {
+        let (url, opts, slot_kill) = {
             let s = shard.borrow();
             let Some(conn) = s.conns.get(&conn_id) else { return };
             if conn.closing {
                 break;
             }
-            (s.cfg.ws_url.clone(), s.cfg.connect.clone(), conn.kill.clone())
+            (s.cfg.ws_url.clone(), s.cfg.connect.clone(), conn.slot_kill.clone())
         };
-        let ws = match connect_ws_with(&url, &opts).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                let delay = {
-                    let mut s = shard.borrow_mut();
-                    s.counters.connect_failures += 1;
-                    let r = next_random(&mut s);
-                    s.cfg.backoff.delay_ms(attempt, r)
-                };
-                tracing::warn!(conn = conn_id, error = %e, delay_ms = delay, "connect failed");
-                attempt = attempt.saturating_add(1);
-                sleep_or_kill(Duration::from_millis(delay), &kill).await;
-                continue;
-            }
+        let ws = match pending.take() {
+            Some(ws) => ws,
+            None => match connect_ws_with(&url, &opts).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let delay = {
+                        let mut s = shard.borrow_mut();
+                        s.counters.connect_failures += 1;
+                        let r = next_random(&mut s);
+                        s.cfg.backoff.delay_ms(attempt, r)
+                    };
+                    tracing::warn!(conn = conn_id, error = %e, delay_ms = delay, "connect failed");
+                    attempt = attempt.saturating_add(1);
+                    sleep_or_kill(Duration::from_millis(delay), &slot_kill).await;
+                    continue;
+                }
+            },
         };
         let ended_healthy = run_socket(&shard, conn_id, ws).await;
-        let (closing, delay) = {
+        let (closing, others, delay) = {
             let mut s = shard.borrow_mut();
-            let closing = s.conns.get(&conn_id).is_none_or(|c| c.closing);
-            if !closing {
+            let (closing, others) =
+                s.conns.get(&conn_id).map_or((true, 0), |c| (c.closing, c.sockets.len()));
+            if ended_healthy {
+                attempt = 0;
+            }
+            if !closing && others == 0 {
                 s.counters.reconnects += 1;
                 if let Some(c) = s.conns.get_mut(&conn_id) {
                     c.reconnects += 1;
                     c.state = "backoff";
-                    // A fresh kill signal for the next socket.
-                    c.kill = Shutdown::new();
                 }
             }
-            if ended_healthy {
-                attempt = 0;
-            }
             let r = next_random(&mut s);
-            (closing, s.cfg.backoff.delay_ms(attempt, r))
+            (closing, others, s.cfg.backoff.delay_ms(attempt, r))
         };
+        if others > 0 {
+            return;
+        }
         if closing {
             break;
         }
         attempt = attempt.saturating_add(1);
-        let kill = shard.borrow().conns.get(&conn_id).map(|c| c.kill.clone());
-        if let Some(kill) = kill {
-            sleep_or_kill(Duration::from_millis(delay), &kill).await;
-        }
+        sleep_or_kill(Duration::from_millis(delay), &slot_kill).await;
     }
-    shard.borrow_mut().conns.remove(&conn_id);
+    let mut s = shard.borrow_mut();
+    if s.conns.get(&conn_id).is_some_and(|c| c.sockets.is_empty()) {
+        s.conns.remove(&conn_id);
+    }
 }
 
 async fn sleep_or_kill(d: Duration, kill: &Shutdown) {
@@ -354,14 +420,15 @@ async fn sleep_or_kill(d: Duration, kill: &Shutdown) {
 }
 
 /// Serves one socket; returns true if it was up long enough to count as healthy.
-async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) -> bool {
+async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
     let opened = Instant::now();
     let (mut sink, mut stream) = ws.split();
     let (out_tx, out_rx) = flume::unbounded::<Message>();
-    let (feed, kill, frames) = {
+    let kill = Shutdown::new();
+    let feed = {
         let mut s = shard.borrow_mut();
         let feed = s.next_feed;
-        s.next_feed = s.next_feed.wrapping_add(1);
+        s.next_feed = s.next_feed.wrapping_add(1).max(1);
         let tokens = tokens_of(&s, conn_id);
         for t in &tokens {
             s.store.assign_feed(t.as_str(), FeedId(feed));
@@ -376,19 +443,24 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
         if frames.is_empty() {
             frames.extend(subscribe_frames(SubscribeOp::Open, &[], custom));
         }
+        for f in frames {
+            let _ = out_tx.send(Message::text(f));
+        }
         let Some(conn) = s.conns.get_mut(&conn_id) else { return false };
-        conn.feed = feed;
-        conn.state = "open";
-        conn.out = Some(out_tx.clone());
-        conn.opened_at = opened;
-        conn.last_pong = opened;
-        conn.last_data = opened;
-        conn.awaiting = tokens.iter().map(|t| (t.clone(), (opened, 0))).collect();
-        (feed, conn.kill.clone(), frames)
+        conn.state = if conn.sockets.is_empty() { "open" } else { "recycling" };
+        conn.sockets.push(Sock {
+            feed,
+            out: out_tx.clone(),
+            kill: kill.clone(),
+            opened_at: opened,
+            last_pong: opened,
+            last_data: opened,
+            frames: 0,
+            subscribed: tokens.iter().cloned().collect(),
+            awaiting: tokens.iter().map(|t| (t.clone(), (opened, 0))).collect(),
+        });
+        feed
     };
-    for f in frames {
-        let _ = out_tx.send(Message::text(f));
-    }
     let writer = glommio::spawn_local(async move {
         while let Ok(msg) = out_rx.recv_async().await {
             if sink.feed(msg).await.is_err() {
@@ -407,9 +479,15 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
         let _ = sink.close(None).await;
     })
     .detach();
-    let watchdog =
-        glommio::spawn_local(watchdog(Rc::clone(shard), conn_id, out_tx.clone(), kill.clone()))
-            .detach();
+    let watchdog = glommio::spawn_local(watchdog(
+        Rc::clone(shard),
+        conn_id,
+        feed,
+        out_tx.clone(),
+        kill.clone(),
+    ))
+    .detach();
+    drop(out_tx);
     let mut kill_wait = kill.wait();
     loop {
         let next = future::or(async { Some(stream.next().await) }, async {
@@ -418,10 +496,9 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
         })
         .await;
         let msg = match next {
-            None => break,
-            Some(None) => break,
+            None | Some(None) => break,
             Some(Some(Err(e))) => {
-                tracing::info!(conn = conn_id, error = %e, "socket error");
+                tracing::info!(conn = conn_id, feed, error = %e, "socket error");
                 break;
             }
             Some(Some(Ok(m))) => m,
@@ -434,12 +511,12 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
                 let s = &mut *s;
                 s.counters.bytes += text.len() as u64;
                 let pong = text == "PONG";
-                if let Some(conn) = s.conns.get_mut(&conn_id) {
-                    conn.frames += 1;
+                if let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) {
+                    sock.frames += 1;
                     if pong {
-                        conn.last_pong = recv;
+                        sock.last_pong = recv;
                     } else {
-                        conn.last_data = recv;
+                        sock.last_data = recv;
                     }
                 }
                 if pong {
@@ -451,7 +528,7 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
                     tracing::debug!(conn = conn_id, errors = ?report.errors, "frame errors");
                 }
                 if !sink.resync.is_empty() {
-                    resync(s, conn_id, &sink.resync);
+                    resync(s, conn_id, feed, &sink.resync);
                 }
                 let ns = recv.elapsed().as_nanos() as u64;
                 if let Some(h) = &mut s.hist {
@@ -459,7 +536,7 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
                 }
             }
             Message::Close(frame) => {
-                tracing::info!(conn = conn_id, ?frame, "venue closed the connection");
+                tracing::info!(conn = conn_id, feed, ?frame, "venue closed the connection");
                 break;
             }
             _ => {}
@@ -474,17 +551,138 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: crate::net::ClientWs) ->
         s.store.feed_lost(t.as_str(), FeedId(feed), &mut NoSink);
     }
     if let Some(conn) = s.conns.get_mut(&conn_id) {
-        conn.out = None;
-        conn.feed = 0;
-        conn.state = "closed";
+        conn.sockets.retain(|sock| sock.feed != feed);
+        conn.state = if conn.sockets.is_empty() { "closed" } else { "open" };
     }
     hints_and_resolutions(&mut s);
     opened.elapsed() > Duration::from_secs(30)
 }
 
+/// Whether a make-before-break recycle of a slot can start now (not unknown, closing,
+/// already recycling, or disconnected).
+fn can_recycle(s: &Shard, conn_id: u32) -> bool {
+    s.conns.get(&conn_id).is_some_and(|c| !c.closing && !c.recycling && !c.sockets.is_empty())
+}
+
+fn start_recycle(shard: &ShardRef, conn_id: u32) -> bool {
+    {
+        let mut s = shard.borrow_mut();
+        if !can_recycle(&s, conn_id) {
+            return false;
+        }
+        s.counters.recycles_started += 1;
+        if let Some(c) = s.conns.get_mut(&conn_id) {
+            c.recycling = true;
+        }
+    }
+    glommio::spawn_local(recycle_task(Rc::clone(shard), conn_id)).detach();
+    true
+}
+
+/// Opens the replacement socket, waits until it has taken every book over (or the handoff
+/// timeout), then closes the old socket(s).
+async fn recycle_task(shard: ShardRef, conn_id: u32) {
+    let finish = |ok: bool, migrated: u64, left: u64| {
+        let mut s = shard.borrow_mut();
+        if ok {
+            s.counters.recycles_completed += 1;
+        } else {
+            s.counters.recycles_failed += 1;
+        }
+        s.counters.tokens_migrated += migrated;
+        s.counters.handoff_timeouts += left;
+        if let Some(c) = s.conns.get_mut(&conn_id) {
+            c.recycling = false;
+        }
+    };
+    recycle_once(&shard, conn_id, finish).await;
+    let again = shard
+        .borrow_mut()
+        .conns
+        .get_mut(&conn_id)
+        .is_some_and(|c| std::mem::take(&mut c.resubscribe_pending));
+    if again {
+        start_recycle(&shard, conn_id);
+    }
+}
+
+async fn recycle_once(shard: &ShardRef, conn_id: u32, finish: impl Fn(bool, u64, u64)) {
+    let (url, opts, timeout, old_feeds) = {
+        let s = shard.borrow();
+        let old: Vec<u32> = s
+            .conns
+            .get(&conn_id)
+            .map(|c| c.sockets.iter().map(|k| k.feed).collect())
+            .unwrap_or_default();
+        (s.cfg.ws_url.clone(), s.cfg.connect.clone(), s.cfg.handoff_timeout, old)
+    };
+    let ws = match connect_ws_with(&url, &opts).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::warn!(conn = conn_id, error = %e, "recycle: cannot open the new socket");
+            return finish(false, 0, 0);
+        }
+    };
+    glommio::spawn_local(slot_task(Rc::clone(shard), conn_id, Some(ws))).detach();
+    let start = Instant::now();
+    let mut new_feed = None;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let s = shard.borrow();
+        let Some(conn) = s.conns.get(&conn_id) else { return finish(false, 0, 0) };
+        if conn.closing {
+            drop(s);
+            return finish(false, 0, 0);
+        }
+        let newest = conn.newest().map(|k| k.feed).filter(|f| !old_feeds.contains(f));
+        if new_feed.is_none() {
+            new_feed = newest;
+        }
+        let Some(feed) = new_feed else {
+            if start.elapsed() > timeout {
+                drop(s);
+                return finish(false, 0, 0);
+            }
+            continue;
+        };
+        if newest != Some(feed) {
+            // The new socket died before taking over; the old one still serves the slot.
+            drop(s);
+            return finish(false, 0, 0);
+        }
+        // Books that can still move: tracked, seeded, not resolved, and on an old socket.
+        let tokens = tokens_of(&s, conn_id);
+        let (mut moved, mut left) = (0u64, 0u64);
+        for t in &tokens {
+            match s.store.get(t.as_str()) {
+                Some(b) if b.feed() == feed => moved += 1,
+                Some(b) if matches!(b.status(), BookStatus::Resolved | BookStatus::Seeding) => {}
+                Some(b) if old_feeds.contains(&b.feed()) => left += 1,
+                _ => {}
+            }
+        }
+        let done = left == 0 || start.elapsed() > timeout;
+        if !done {
+            continue;
+        }
+        for sock in conn.sockets.iter().filter(|k| old_feeds.contains(&k.feed)) {
+            sock.kill.trigger();
+        }
+        drop(s);
+        tracing::info!(conn = conn_id, moved, left, "recycle done");
+        return finish(left == 0, moved, left);
+    }
+}
+
 /// Sends PING on schedule and ends the socket on PONG timeout, data silence, or closing; also
 /// redrives tokens whose first `book` is late and forwards hints to control.
-async fn watchdog(shard: ShardRef, conn_id: u32, out: flume::Sender<Message>, kill: Shutdown) {
+async fn watchdog(
+    shard: ShardRef,
+    conn_id: u32,
+    feed: u32,
+    out: flume::Sender<Message>,
+    kill: Shutdown,
+) {
     let start = Instant::now();
     let (ping, limits, first_book) = {
         let s = shard.borrow();
@@ -505,11 +703,13 @@ async fn watchdog(shard: ShardRef, conn_id: u32, out: flume::Sender<Message>, ki
             let _ = out.send(Message::text("PING"));
             next_ping = now + ping;
         }
-        let Some((last_pong, last_data)) =
-            shard.borrow().conns.get(&conn_id).map(|c| (c.last_pong, c.last_data))
-        else {
-            return;
-        };
+        let times = shard
+            .borrow_mut()
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|c| c.sock_mut(feed))
+            .map(|k| (k.last_pong, k.last_data));
+        let Some((last_pong, last_data)) = times else { return };
         // Data proves the socket alive too: under load the venue queues PONG behind data.
         let alive = last_pong.max(last_data);
         let ms = |t: Instant| t.saturating_duration_since(start).as_millis() as u64;
@@ -521,28 +721,27 @@ async fn watchdog(shard: ShardRef, conn_id: u32, out: flume::Sender<Message>, ki
                     Verdict::PongTimeout => s.counters.pong_timeouts += 1,
                     _ => s.counters.silence_timeouts += 1,
                 }
-                tracing::warn!(conn = conn_id, ?verdict, "watchdog ends the connection");
+                tracing::warn!(conn = conn_id, feed, ?verdict, "watchdog ends the connection");
                 kill.trigger();
                 return;
             }
         }
         {
             let mut s = shard.borrow_mut();
-            redrive_late_tokens(&mut s, conn_id, now, first_book);
+            redrive_late_tokens(&mut s, conn_id, feed, now, first_book);
             hints_and_resolutions(&mut s);
         }
         future::or(glommio::timer::sleep(tick), kill.wait()).await;
     }
 }
 
-fn redrive_late_tokens(s: &mut Shard, conn_id: u32, now: Instant, timeout: Duration) {
+fn redrive_late_tokens(s: &mut Shard, conn_id: u32, feed: u32, now: Instant, timeout: Duration) {
     let custom = s.cfg.custom_features;
     let dynamic = s.cfg.dynamic_subscribe;
-    let Some(conn) = s.conns.get_mut(&conn_id) else { return };
-    let feed = conn.feed;
     let store = &s.store;
-    conn.awaiting.retain(|t, _| store.get(t.as_str()).is_some_and(|b| b.feed() != feed));
-    let late: Vec<TokenId> = conn
+    let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) else { return };
+    sock.awaiting.retain(|t, _| store.get(t.as_str()).is_some_and(|b| b.feed() != feed));
+    let late: Vec<TokenId> = sock
         .awaiting
         .iter()
         .filter(|(_, (at, n))| now.duration_since(*at) > timeout && *n < REDRIVES_PER_TOKEN_MAX)
@@ -551,36 +750,42 @@ fn redrive_late_tokens(s: &mut Shard, conn_id: u32, now: Instant, timeout: Durat
     if late.is_empty() || !dynamic {
         return;
     }
-    let Some(out) = conn.out.clone() else { return };
     for t in &late {
-        if let Some(entry) = conn.awaiting.get_mut(t) {
+        if let Some(entry) = sock.awaiting.get_mut(t) {
             *entry = (now, entry.1 + 1);
         }
     }
     let ids: Vec<&str> = late.iter().map(TokenId::as_str).collect();
     for f in subscribe_frames(SubscribeOp::Unsubscribe, &ids, custom) {
-        let _ = out.send(Message::text(f));
+        let _ = sock.out.send(Message::text(f));
     }
     for f in subscribe_frames(SubscribeOp::Subscribe, &ids, custom) {
-        let _ = out.send(Message::text(f));
+        let _ = sock.out.send(Message::text(f));
     }
     s.counters.redrives += late.len() as u64;
 }
 
 /// Asks the venue for fresh snapshots of books whose integrity checks kept failing: an
-/// unsubscribe and a subscribe on the same connection (the venue replays nothing, but a new
-/// subscription starts with a `book`).
-fn resync(s: &mut Shard, conn_id: u32, tokens: &[TokenId]) {
+/// unsubscribe and a subscribe on the socket that feeds them (the venue replays nothing, but
+/// a new subscription starts with a `book`). Without dynamic subscribe the slot is recycled.
+fn resync(s: &mut Shard, conn_id: u32, feed: u32, tokens: &[TokenId]) {
     let custom = s.cfg.custom_features;
-    let Some(out) = s.conns.get(&conn_id).and_then(|c| c.out.clone()) else { return };
     s.counters.resyncs += tokens.len() as u64;
     tracing::warn!(conn = conn_id, tokens = tokens.len(), "resyncing books after failed checks");
+    let dynamic = s.cfg.dynamic_subscribe;
+    let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) else { return };
+    if !dynamic {
+        // Reopening the socket is the only way to a fresh snapshot; the reconnect path marks
+        // its books Resyncing and reseeds them.
+        sock.kill.trigger();
+        return;
+    }
     let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
     for f in subscribe_frames(SubscribeOp::Unsubscribe, &ids, custom) {
-        let _ = out.send(Message::text(f));
+        let _ = sock.out.send(Message::text(f));
     }
     for f in subscribe_frames(SubscribeOp::Subscribe, &ids, custom) {
-        let _ = out.send(Message::text(f));
+        let _ = sock.out.send(Message::text(f));
     }
 }
 
@@ -608,17 +813,23 @@ fn hints_and_resolutions(s: &mut Shard) {
 }
 
 fn stats(s: &Shard) -> ShardStats {
+    let c = &s.counters;
     let mut st = ShardStats {
         shard: s.cfg.shard,
         markets: s.markets.len(),
         books: s.store.len(),
-        reconnects: s.counters.reconnects,
-        connect_failures: s.counters.connect_failures,
-        pong_timeouts: s.counters.pong_timeouts,
-        silence_timeouts: s.counters.silence_timeouts,
-        redrives: s.counters.redrives,
-        resyncs: s.counters.resyncs,
-        bytes: s.counters.bytes,
+        reconnects: c.reconnects,
+        connect_failures: c.connect_failures,
+        pong_timeouts: c.pong_timeouts,
+        silence_timeouts: c.silence_timeouts,
+        redrives: c.redrives,
+        resyncs: c.resyncs,
+        bytes: c.bytes,
+        recycles_started: c.recycles_started,
+        recycles_completed: c.recycles_completed,
+        recycles_failed: c.recycles_failed,
+        tokens_migrated: c.tokens_migrated,
+        handoff_timeouts: c.handoff_timeouts,
         apply_ns_p50: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
         apply_ns_p999: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.999)),
@@ -635,16 +846,25 @@ fn stats(s: &Shard) -> ShardStats {
             BookStatus::Resolved => st.books_resolved += 1,
         }
     }
-    let loads: HashMap<u32, usize> = s.table.loads().iter().copied().collect();
-    for (&id, c) in &s.conns {
+    for (&id, conn) in &s.conns {
+        let tokens: HashSet<TokenId> = tokens_of(s, id).into_iter().collect();
+        let newest = conn.newest();
+        let subscribed = newest.map_or(0, |k| k.subscribed.len());
+        let stale =
+            newest.map_or(0, |k| k.subscribed.iter().filter(|t| !tokens.contains(*t)).count());
         st.connections.push(ConnStats {
             id,
-            feed: c.feed,
-            state: c.state,
-            tokens: loads.get(&id).copied().unwrap_or(0),
-            frames: c.frames,
-            reconnects: c.reconnects,
-            age_ms: c.opened_at.elapsed().as_millis() as u64,
+            feed: newest.map_or(0, |k| k.feed),
+            state: conn.state,
+            sockets: conn.sockets.len(),
+            tokens: tokens.len(),
+            subscribed,
+            pollution_pct: (stale * 100).checked_div(subscribed).unwrap_or(0) as u8,
+            frames: conn.sockets.iter().map(|k| k.frames).sum(),
+            reconnects: conn.reconnects,
+            age_ms: newest.map_or(0, |k| k.opened_at.elapsed().as_millis() as u64),
+            slot_age_ms: conn.created_at.elapsed().as_millis() as u64,
+            recycling: conn.recycling,
         });
     }
     st.connections.sort_by_key(|c| c.id);

@@ -30,6 +30,9 @@ pub enum Command {
     GetBook { token: TokenId, depth: Option<usize>, reply: Reply<Option<String>> },
     /// Counters and states for `/stats` and `/health`. Sent by the API and the progress log.
     Stats { reply: Reply<ShardStats> },
+    /// Recycle a connection make-before-break (manual trigger or control's policy). The reply,
+    /// if asked for, says whether it started. If late, the connection lives a little longer.
+    Recycle { conn: u32, reply: Option<Reply<bool>> },
     /// Close every connection and stop. Sent once at shutdown.
     Shutdown,
 }
@@ -49,12 +52,22 @@ pub enum Report {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConnStats {
     pub id: u32,
+    /// Feed id of the newest socket.
     pub feed: u32,
     pub state: &'static str,
+    /// Open sockets: 2 while a recycle overlaps old and new.
+    pub sockets: usize,
+    /// Tokens the slot carries.
     pub tokens: usize,
+    /// Tokens the newest socket is subscribed to (more than `tokens` when polluted).
+    pub subscribed: usize,
+    pub pollution_pct: u8,
     pub frames: u64,
     pub reconnects: u64,
+    /// Age of the newest socket.
     pub age_ms: u64,
+    pub slot_age_ms: u64,
+    pub recycling: bool,
 }
 
 /// A data shard's counters, gathered on request.
@@ -75,6 +88,11 @@ pub struct ShardStats {
     pub silence_timeouts: u64,
     pub redrives: u64,
     pub resyncs: u64,
+    pub recycles_started: u64,
+    pub recycles_completed: u64,
+    pub recycles_failed: u64,
+    pub tokens_migrated: u64,
+    pub handoff_timeouts: u64,
     pub bytes: u64,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,

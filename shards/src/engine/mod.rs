@@ -116,6 +116,7 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
             backoff: Backoff { min_ms: c.reconnect_delay_ms_min, max_ms: c.reconnect_delay_ms_max },
             dynamic_subscribe: c.dynamic_subscribe,
             custom_features: c.custom_features,
+            handoff_timeout: Duration::from_millis(cfg.lifecycle.handoff_timeout_ms),
             store: StoreConfig {
                 verify_hash: cfg.integrity.verify_hash,
                 failed_checks_max: cfg.integrity.failed_checks_max,
@@ -146,6 +147,14 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
         api_listen: cfg.api.listen.clone(),
         resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
         progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
+        recycle: polybook::policy::RecycleLimits {
+            pollution_pct: cfg.lifecycle.recycle_pollution_pct,
+            age_ms: cfg.lifecycle.recycle_age_ms,
+            min_age_ms: cfg.lifecycle.recycle_min_age_ms,
+            concurrent_max: cfg.lifecycle.recycle_concurrent_max,
+        },
+        recycle_check: Duration::from_millis(cfg.lifecycle.recycle_check_ms),
+        expire_after_end: Duration::from_millis(cfg.lifecycle.expire_after_end_ms),
     };
     let (stop_tx, stop_rx) = flume::bounded(1);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();

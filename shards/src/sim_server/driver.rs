@@ -86,6 +86,10 @@ pub(crate) async fn random_faults(
             return;
         }
         let mut st = state.borrow_mut();
+        // A paused venue is at rest: tests compare books with the truth then.
+        if st.paused || !st.random_faults_on {
+            continue;
+        }
         let ids = st.conn_ids();
         let (fault, pos) = plan.next_fault(ids.len());
         if fault.kind.is_per_connection() && ids.is_empty() {

@@ -66,6 +66,11 @@ impl Handler for Routes {
             "/sim/pause" | "/sim/resume" if post => self.pause(path == "/sim/pause"),
             "/sim/step" if post => self.step(req),
             "/sim/fault" if post => self.fault(req),
+            "/sim/faults/random/on" | "/sim/faults/random/off" if post => {
+                let on = path.ends_with("/on");
+                self.state.borrow_mut().random_faults_on = on;
+                Response::json(200, &serde_json::json!({ "random_faults": on }))
+            }
             p if p.starts_with("/sim/book/") && get => self.truth(p),
             "/markets/keyset" | "/markets" | "/book" | "/sim/markets" | "/sim/status" => {
                 Response::method_not_allowed("GET")

@@ -213,6 +213,8 @@ pub(crate) struct State {
     pub ex: SimExchange,
     pub limits: Limits,
     pub paused: bool,
+    /// Seeded random faults fire only while this is on (and generation is not paused).
+    pub random_faults_on: bool,
     /// Generation target, only for display.
     pub rate: f64,
     conns: BTreeMap<ConnId, Conn>,
@@ -230,6 +232,7 @@ impl State {
             ex,
             limits,
             paused,
+            random_faults_on: true,
             rate,
             conns: BTreeMap::new(),
             next_conn: 1,

@@ -1,0 +1,159 @@
+//! Helpers shared by the end-to-end tests: blocking HTTP to the engine and the simulator,
+//! polling with deadlines (no timing asserts), and the truth comparison.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use polybook_shards::config::{Config, DataCores, ValidConfig};
+use polybook_shards::engine::EngineHandle;
+use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig, SimServerHandle};
+use serde_json::Value;
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn get(url: &str) -> (u16, Value) {
+    match agent().get(url).call() {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        }
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+pub fn post(url: &str, body: &str) -> u16 {
+    match agent().post(url).header("content-type", "application/json").send(body) {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with the last state after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > limit => panic!("timed out waiting for {what}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+pub fn engine_config(sim: &SimServerHandle, tokens_per_conn: usize) -> ValidConfig {
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let mut c = Config::default();
+    c.endpoints.gamma_url = sim.http_url();
+    c.endpoints.clob_url = sim.http_url();
+    c.endpoints.ws_url = sim.ws_url();
+    c.layout.control_core = 0;
+    c.layout.data_cores = DataCores::List(vec![0, 1 % cpus]);
+    c.connections.tokens_per_conn_target = tokens_per_conn;
+    c.connections.ping_interval_ms = 1000;
+    c.connections.pong_timeout_ms = 10_000;
+    c.connections.data_silence_ms = 20_000;
+    c.connections.first_book_timeout_ms = 5000;
+    c.connections.reconnect_delay_ms_min = 50;
+    c.connections.reconnect_delay_ms_max = 1000;
+    c.discovery.interval_ms = 1000;
+    c.api.listen = "127.0.0.1:0".into();
+    c.log.progress_interval_ms = 0;
+    c.validate().unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+pub fn sim(seed: u64, markets: usize, rate: f64) -> SimServerHandle {
+    spawn_sim_server(SimServerConfig { seed, markets, rate, ..SimServerConfig::default() })
+        .unwrap_or_else(|e| panic!("sim: {e}"))
+}
+
+pub fn stats(engine: &EngineHandle) -> Value {
+    get(&format!("http://{}/stats", engine.api_addr())).1
+}
+
+pub fn total(stats: &Value, key: &str) -> u64 {
+    stats["totals"][key].as_u64().unwrap_or(0)
+}
+
+/// Every market the simulator lists: (token, active).
+pub fn sim_tokens(sim: &SimServerHandle) -> Vec<(String, bool)> {
+    let (_, markets) = get(&format!("{}/sim/markets", sim.http_url()));
+    let mut out = Vec::new();
+    for m in markets.as_array().cloned().unwrap_or_default() {
+        let active = m["active"].as_bool().unwrap_or(false);
+        for t in m["tokens"].as_array().cloned().unwrap_or_default() {
+            out.push((t.as_str().unwrap_or_default().to_owned(), active));
+        }
+    }
+    out
+}
+
+pub fn all_books_settled(engine: &EngineHandle, want_books: u64) -> Result<Value, String> {
+    let s = stats(engine);
+    let (books, live, resolved) =
+        (total(&s, "books"), total(&s, "books_live"), total(&s, "books_resolved"));
+    if books >= want_books && live + resolved == books {
+        Ok(s)
+    } else {
+        Err(format!("books {books}, live {live}, resolved {resolved}: {}", s["totals"]))
+    }
+}
+
+/// Compares every book the simulator has with the engine's: status, levels and tick size;
+/// last trade for the tokens in `check_trade` (a trade missed while a connection was down
+/// cannot be recovered: the venue replays nothing and snapshots carry no trade details).
+/// Returns the truth's last trades, or the first difference.
+pub fn compare_with_truth(
+    engine: &EngineHandle,
+    sim: &SimServerHandle,
+    check_trade: &dyn Fn(&str, &Value) -> bool,
+) -> Result<std::collections::HashMap<String, Value>, String> {
+    let mut trades = std::collections::HashMap::new();
+    for (token, active) in sim_tokens(sim) {
+        let (_, truth) = get(&format!("{}/sim/book/{token}", sim.http_url()));
+        let (status, ours) = get(&format!("http://{}/books/{token}", engine.api_addr()));
+        if status == 404 && !active {
+            // Listed and resolved between two discovery runs: never open while we looked.
+            continue;
+        }
+        if status != 200 {
+            return Err(format!("engine has no book for {token} (HTTP {status})"));
+        }
+        let want_status = if active { "live" } else { "resolved" };
+        if ours["status"] != want_status {
+            return Err(format!("{token}: status {} want {want_status}", ours["status"]));
+        }
+        let mut keys = vec!["bids", "asks", "tick_size"];
+        if check_trade(&token, &truth["last_trade"]) {
+            keys.push("last_trade");
+        }
+        for key in keys {
+            if ours[key] != truth[key] {
+                return Err(format!(
+                    "{token}: {key} differs: ours {} truth {}",
+                    ours[key], truth[key]
+                ));
+            }
+        }
+        trades.insert(token, truth["last_trade"].clone());
+    }
+    Ok(trades)
+}
+
+pub fn wait_at_rest(base: &str) {
+    assert_eq!(post(&format!("{base}/sim/pause"), ""), 200);
+    wait_for("sim at rest", Duration::from_secs(30), || {
+        let (_, st) = get(&format!("{base}/sim/status"));
+        if st["at_rest"] == true {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    });
+}
