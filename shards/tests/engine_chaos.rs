@@ -156,3 +156,31 @@ fn chaos_dynamic_subscribe_books_equal_truth() {
 fn chaos_without_dynamic_subscribe_books_equal_truth() {
     chaos(false, 32);
 }
+
+#[test]
+fn skipped_update_is_detected_by_hash_and_repaired_by_resync() {
+    let sim = sim(41, 20, 300.0);
+    let engine = engine::start(&engine_config(&sim, 40)).unwrap_or_else(|e| panic!("{e}"));
+    let base = sim.http_url();
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 40));
+    let before = stats(&engine);
+    assert_eq!(total(&before, "hash_mismatches"), 0);
+    // Every connection silently loses its next 3 data frames: books are now wrong.
+    assert_eq!(post(&format!("{base}/sim/fault"), r#"{"kind":"skip","count":3}"#), 200);
+    let s = wait_for("detection and resync", Duration::from_secs(30), || {
+        let s = stats(&engine);
+        let (m, r) = (total(&s, "hash_mismatches"), total(&s, "resyncs"));
+        if m >= 1 && r >= 1 {
+            Ok(s)
+        } else {
+            Err(s["totals"].to_string())
+        }
+    });
+    assert!(total(&s, "books_marked_resyncing") >= 1, "{}", s["totals"]);
+    wait_at_rest(&base);
+    wait_for("books repaired", Duration::from_secs(30), || {
+        compare_with_truth(&engine, &sim, &|_, _| false)
+    });
+    engine.stop();
+    sim.stop().unwrap_or_else(|e| panic!("{e}"));
+}

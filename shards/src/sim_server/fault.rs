@@ -20,6 +20,9 @@ pub enum FaultKind {
     Silence,
     /// The next `count` data frames are sent twice.
     Duplicate,
+    /// The next `count` data frames are lost: a missed update leaves the client's book wrong
+    /// until its hash check notices.
+    Skip,
     /// One frame that is not valid JSON (a truncated object).
     Malformed,
     /// Gamma endpoints answer 429 for a while.
@@ -29,11 +32,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Drop,
         FaultKind::Close1013,
         FaultKind::Silence,
         FaultKind::Duplicate,
+        FaultKind::Skip,
         FaultKind::Malformed,
         FaultKind::Gamma429,
         FaultKind::Gamma500,
@@ -46,6 +50,7 @@ impl FaultKind {
             FaultKind::Close1013 => "close_1013",
             FaultKind::Silence => "silence",
             FaultKind::Duplicate => "duplicate",
+            FaultKind::Skip => "skip",
             FaultKind::Malformed => "malformed",
             FaultKind::Gamma429 => "gamma_429",
             FaultKind::Gamma500 => "gamma_500",

@@ -80,6 +80,7 @@ pub(crate) struct Conn {
     kill: Option<Kill>,
     silence_until: Option<Instant>,
     duplicate_left: u32,
+    skip_left: u32,
     frames_sent: u64,
     frames_silenced: u64,
     client_frames: u64,
@@ -125,6 +126,7 @@ pub struct FaultCounts {
     pub close_1013: u64,
     pub silence: u64,
     pub duplicate: u64,
+    pub skip: u64,
     pub malformed: u64,
     pub gamma_429: u64,
     pub gamma_500: u64,
@@ -137,6 +139,7 @@ impl FaultCounts {
             FaultKind::Close1013 => &mut self.close_1013,
             FaultKind::Silence => &mut self.silence,
             FaultKind::Duplicate => &mut self.duplicate,
+            FaultKind::Skip => &mut self.skip,
             FaultKind::Malformed => &mut self.malformed,
             FaultKind::Gamma429 => &mut self.gamma_429,
             FaultKind::Gamma500 => &mut self.gamma_500,
@@ -452,6 +455,7 @@ impl State {
                 FaultKind::Duplicate => {
                     conn.duplicate_left = conn.duplicate_left.saturating_add(fault.count)
                 }
+                FaultKind::Skip => conn.skip_left = conn.skip_left.saturating_add(fault.count),
                 FaultKind::Malformed => {
                     push(conn, Utf8Bytes::from_static(MALFORMED), max, &mut self.counters)
                 }
@@ -624,6 +628,12 @@ fn push_data(
             return;
         }
         conn.silence_until = None;
+    }
+    if conn.skip_left > 0 {
+        conn.skip_left -= 1;
+        conn.frames_silenced += 1;
+        counters.frames_silenced += 1;
+        return;
     }
     push(conn, text.clone(), max, counters);
     if conn.duplicate_left > 0 {
