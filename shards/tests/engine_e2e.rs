@@ -160,3 +160,89 @@ fn engine_selection_and_admin_add_market() {
     engine.stop();
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A handler's own copy of each book, built only from the updates it is given.
+type Copies = std::sync::Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<String, (Vec<polybook::Level>, Vec<polybook::Level>)>,
+    >,
+>;
+
+struct Mirror(Copies);
+
+impl polybook_shards::engine::BookHandler for Mirror {
+    fn on_update(&mut self, update: &polybook::store::BookUpdate, book: &polybook::Book) {
+        use polybook::store::BookUpdate;
+        let Ok(mut copies) = self.0.lock() else { return };
+        let entry = copies.entry(book.token().to_string()).or_default();
+        match *update {
+            BookUpdate::Snapshot => *entry = (book.bids().to_vec(), book.asks().to_vec()),
+            BookUpdate::Level { side, price, size, .. } => {
+                let ladder = match side {
+                    polybook::Side::Buy => &mut entry.0,
+                    polybook::Side::Sell => &mut entry.1,
+                };
+                ladder.retain(|l| l.price != price);
+                if !size.is_zero() {
+                    ladder.push(polybook::Level::new(price, size));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn library_handler_sees_every_change() {
+    let sim = sim(13, 40, 400.0);
+    let copies: Copies = Default::default();
+    let for_shards = copies.clone();
+    let engine = engine::Engine::builder(engine_config(&sim, 40))
+        .handler(move |_shard| Mirror(for_shards.clone()))
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 80));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_at_rest(&sim.http_url());
+    // Built from updates alone, every copy equals the engine's book (which equals the truth).
+    wait_for("handler copies equal the books", Duration::from_secs(30), || {
+        compare_with_truth(&engine, &sim, &|_, _| false)?;
+        let copies = copies.lock().map_err(|e| e.to_string())?;
+        let mut checked = 0;
+        for (token, (bids, asks)) in copies.iter() {
+            let (status, book) = get(&format!("http://{}/books/{token}", engine.api_addr()));
+            if status != 200 {
+                continue;
+            }
+            let render = |ls: &[polybook::Level], desc: bool| {
+                let mut v: Vec<Value> = ls
+                    .iter()
+                    .map(|l| serde_json::json!([l.price.to_string(), l.size.to_string()]))
+                    .collect();
+                v.sort_by(|a, b| {
+                    let p = |x: &Value| {
+                        polybook::Price::parse(x[0].as_str().unwrap_or("0")).unwrap_or_default()
+                    };
+                    if desc {
+                        p(b).cmp(&p(a))
+                    } else {
+                        p(a).cmp(&p(b))
+                    }
+                });
+                Value::Array(v)
+            };
+            // API levels are best first: bids descending, asks ascending.
+            if render(bids, true) != book["bids"] || render(asks, false) != book["asks"] {
+                return Err(format!("{token}: handler copy differs from the book"));
+            }
+            checked += 1;
+        }
+        if checked >= 80 {
+            Ok(())
+        } else {
+            Err(format!("only {checked} copies"))
+        }
+    });
+    engine.stop();
+    sim.stop().unwrap_or_else(|e| panic!("{e}"));
+}

@@ -26,7 +26,7 @@ use super::mesh::{Command, ConnStats, MarketSpec, Report, ShardStats};
 use crate::net::{connect_ws_with, ClientWs, ConnectOptions, Message, Shutdown};
 
 /// How a data shard connects and watches its connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DataShardConfig {
     pub shard: usize,
     pub ws_url: String,
@@ -43,21 +43,41 @@ pub struct DataShardConfig {
     /// Longest a recycle waits for the new socket to take every book over.
     pub handoff_timeout: Duration,
     pub store: StoreConfig,
+    pub handler: Option<HandlerFactory>,
+}
+
+impl std::fmt::Debug for dyn BookHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BookHandler")
+    }
 }
 
 /// Most redrives of one token before it is left Seeding (the venue omits settled tokens).
 const REDRIVES_PER_TOKEN_MAX: u8 = 3;
 
-/// Collects what the hot path must act on after a frame: books whose checks kept failing.
-#[derive(Default)]
-struct ShardSink {
-    resync: Vec<TokenId>,
+/// A user callback run on the data shard that owns the book, right after each change is
+/// applied, with the book itself (no copy, no lock). Keep it short: it runs on the hot path.
+pub trait BookHandler {
+    fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book);
 }
 
-impl UpdateSink for ShardSink {
+/// Makes one handler per data shard, on that shard's thread (handlers need not be `Send`).
+pub type HandlerFactory = std::sync::Arc<dyn Fn(usize) -> Box<dyn BookHandler> + Send + Sync>;
+
+/// Collects what the hot path must act on after a frame (books whose checks kept failing)
+/// and calls the user's handler.
+struct ShardSink<'h> {
+    resync: Vec<TokenId>,
+    handler: Option<&'h mut (dyn BookHandler + 'static)>,
+}
+
+impl UpdateSink for ShardSink<'_> {
     fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book) {
         if let BookUpdate::Status { to: BookStatus::Resyncing, .. } = update {
             self.resync.push(book.token().clone());
+        }
+        if let Some(h) = self.handler.as_mut() {
+            h.on_update(update, book);
         }
     }
 }
@@ -134,6 +154,7 @@ struct Shard {
     next_feed: u32,
     hist: Option<Histogram<u64>>,
     counters: Counters,
+    handler: Option<Box<dyn BookHandler>>,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
     pending_reports: std::collections::VecDeque<Report>,
@@ -160,6 +181,7 @@ pub async fn run(
         next_feed: (shard_id as u32) << 24 | 1,
         hist,
         counters: Counters::default(),
+        handler: cfg.handler.as_ref().map(|make| make(shard_id)),
         reports,
         pending_reports: std::collections::VecDeque::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ shard_id as u64,
@@ -522,13 +544,14 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 if pong {
                     continue;
                 }
-                let mut sink = ShardSink::default();
+                let mut sink = ShardSink { resync: Vec::new(), handler: s.handler.as_deref_mut() };
                 let report = s.store.apply_frame_from(FeedId(feed), text, &mut sink);
+                let resync_tokens = sink.resync;
                 if !report.errors.is_empty() {
                     tracing::debug!(conn = conn_id, errors = ?report.errors, "frame errors");
                 }
-                if !sink.resync.is_empty() {
-                    resync(s, conn_id, feed, &sink.resync);
+                if !resync_tokens.is_empty() {
+                    resync(s, conn_id, feed, &resync_tokens);
                 }
                 let ns = recv.elapsed().as_nanos() as u64;
                 if let Some(h) = &mut s.hist {

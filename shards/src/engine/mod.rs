@@ -83,9 +83,71 @@ impl EngineHandle {
     }
 }
 
+pub use data::{BookHandler, HandlerFactory};
+
+/// The library entry point: `Engine::builder(config).handler(factory).start()`.
+///
+/// ```no_run
+/// use polybook::store::BookUpdate;
+/// use polybook_shards::engine::{BookHandler, Engine};
+///
+/// struct Tops;
+/// impl BookHandler for Tops {
+///     fn on_update(&mut self, _update: &BookUpdate, book: &polybook::Book) {
+///         if let (Some(b), Some(a)) = (book.best_bid(), book.best_ask()) {
+///             println!("{} {} / {}", book.token(), b.price, a.price);
+///         }
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = polybook_shards::config::Config::default().validate()?;
+/// let engine = Engine::builder(config).handler(|_shard| Tops).start()?;
+/// engine.stop();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Engine;
+
+impl Engine {
+    pub fn builder(config: ValidConfig) -> EngineBuilder {
+        EngineBuilder { config, handler: None }
+    }
+}
+
+/// Configures an engine before it starts.
+pub struct EngineBuilder {
+    config: ValidConfig,
+    handler: Option<HandlerFactory>,
+}
+
+impl EngineBuilder {
+    /// `make(shard)` runs once on each data shard's thread; the handler it returns is called
+    /// there for every change to that shard's books, with the updated book.
+    pub fn handler<H, F>(mut self, make: F) -> Self
+    where
+        H: BookHandler + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        self.handler = Some(std::sync::Arc::new(move |shard| Box::new(make(shard))));
+        self
+    }
+
+    pub fn start(self) -> Result<EngineHandle, EngineError> {
+        start_with(&self.config, self.handler)
+    }
+}
+
 /// Starts the engine: data shards first, then the control shard (which binds the API and
 /// starts discovery). Returns once the API is listening.
 pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
+    start_with(cfg, None)
+}
+
+fn start_with(
+    cfg: &ValidConfig,
+    handler: Option<HandlerFactory>,
+) -> Result<EngineHandle, EngineError> {
     // ureq (discovery) uses the process-wide rustls provider: make it ring, like our wss.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
@@ -117,6 +179,7 @@ pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
             dynamic_subscribe: c.dynamic_subscribe,
             custom_features: c.custom_features,
             handoff_timeout: Duration::from_millis(cfg.lifecycle.handoff_timeout_ms),
+            handler: handler.clone(),
             store: StoreConfig {
                 verify_hash: cfg.integrity.verify_hash,
                 failed_checks_max: cfg.integrity.failed_checks_max,
