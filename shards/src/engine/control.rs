@@ -504,6 +504,15 @@ impl Handler for Api {
         match path.as_str() {
             "/health" => Some(Box::pin(async move { health(&control).await })),
             "/stats" => Some(Box::pin(async move { stats_response(&control).await })),
+            "/metrics" => Some(Box::pin(async move { metrics(&control).await })),
+            "/markets" => {
+                let q = MarketQuery::from(req);
+                Some(Box::pin(async move { list_markets(&control, &q) }))
+            }
+            p if p.starts_with("/markets/") => {
+                let id = p.trim_start_matches("/markets/").to_owned();
+                Some(Box::pin(async move { get_market(&control, &id).await }))
+            }
             p if p.starts_with("/books/") => {
                 let token = p.trim_start_matches("/books/").to_owned();
                 Some(Box::pin(async move { get_book(&control, &token, depth).await }))
@@ -686,6 +695,334 @@ async fn stats_response(control: &ControlRef) -> Response {
             "shards": shards,
         }),
     )
+}
+
+/// `GET /markets` filters: `status`, `shard`, `q` (text in question or slug, or a condition
+/// id), `offset`, `limit` (at most 1000).
+struct MarketQuery {
+    status: Option<String>,
+    shard: Option<usize>,
+    q: Option<String>,
+    offset: usize,
+    limit: usize,
+}
+
+impl From<&Request> for MarketQuery {
+    fn from(req: &Request) -> MarketQuery {
+        MarketQuery {
+            status: req.query_param("status").map(str::to_owned),
+            shard: req.query_param("shard").and_then(|v| v.parse().ok()),
+            q: req.query_param("q").map(str::to_lowercase).filter(|q| !q.is_empty()),
+            offset: req.query_param("offset").and_then(|v| v.parse().ok()).unwrap_or(0),
+            limit: req.query_param("limit").and_then(|v| v.parse().ok()).unwrap_or(100).min(1000),
+        }
+    }
+}
+
+fn lifecycle_name(l: Lifecycle) -> &'static str {
+    match l {
+        Lifecycle::Active => "active",
+        Lifecycle::Resolved => "resolved",
+        Lifecycle::Closed => "closed",
+        Lifecycle::Expired => "expired",
+    }
+}
+
+fn market_json(e: &Entry) -> serde_json::Value {
+    let m = &e.market;
+    serde_json::json!({
+        "condition_id": m.condition_id.as_str(),
+        "id": m.id,
+        "question": m.question,
+        "slug": m.slug,
+        "tokens": m.tokens.iter().map(TokenId::as_str).collect::<Vec<_>>(),
+        "outcomes": m.outcomes,
+        "state": lifecycle_name(e.state),
+        "state_for_ms": e.since.elapsed().as_millis() as u64,
+        "shard": e.shard,
+        "end_date": m.end_date,
+        "tick_size": m.tick_size,
+        "min_order_size": m.min_order_size,
+        "neg_risk": m.neg_risk,
+    })
+}
+
+fn list_markets(control: &ControlRef, q: &MarketQuery) -> Response {
+    let c = control.borrow();
+    let mut hits: Vec<&Entry> = c
+        .registry
+        .values()
+        .filter(|e| q.status.as_deref().is_none_or(|s| s == lifecycle_name(e.state)))
+        .filter(|e| q.shard.is_none_or(|s| s == e.shard))
+        .filter(|e| {
+            q.q.as_deref().is_none_or(|t| {
+                e.market.question.to_lowercase().contains(t)
+                    || e.market.slug.to_lowercase().contains(t)
+                    || e.market.condition_id.as_str() == t
+            })
+        })
+        .collect();
+    // A stable order for paging.
+    hits.sort_by(|a, b| a.market.condition_id.cmp(&b.market.condition_id));
+    let total = hits.len();
+    let page: Vec<serde_json::Value> =
+        hits.into_iter().skip(q.offset).take(q.limit).map(market_json).collect();
+    Response::json(200, &serde_json::json!({ "total": total, "offset": q.offset, "markets": page }))
+}
+
+async fn get_market(control: &ControlRef, id: &str) -> Response {
+    let (mut body, tokens, tx) = {
+        let c = control.borrow();
+        let Some(e) = c.registry.get(id) else {
+            return Response::error(404, "unknown market");
+        };
+        (market_json(e), e.market.tokens.clone(), c.shards.get(e.shard).cloned())
+    };
+    let mut books = Vec::new();
+    if let Some(tx) = tx {
+        for token in tokens {
+            let reply = query(&tx, |reply| Command::GetBook { token, depth: Some(1), reply }).await;
+            let book = reply
+                .flatten()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .unwrap_or(serde_json::Value::Null);
+            books.push(book);
+        }
+    }
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("books".into(), serde_json::Value::Array(books));
+    }
+    Response::json(200, &body)
+}
+
+/// One per-shard metric: name, Prometheus type, help, and how to read it from the stats.
+type PerShardMetric = (&'static str, &'static str, &'static str, fn(&ShardStats) -> u64);
+
+/// `GET /metrics`: Prometheus text exposition, gathered from every shard on each scrape
+/// (counters live with the shard that owns them; no shared atomics on the hot path).
+async fn metrics(control: &ControlRef) -> Response {
+    use std::fmt::Write;
+    let shards = gather_stats(control).await;
+    let mut out = String::with_capacity(16 << 10);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP polybook_{name} {help}\n# TYPE polybook_{name} {kind}");
+    };
+    let per_shard: [PerShardMetric; 20] = [
+        ("frames_total", "counter", "WebSocket text frames received", |s| s.store.frames),
+        ("bytes_total", "counter", "Bytes of text frames received", |s| s.bytes),
+        ("frames_pong_total", "counter", "PONG frames received", |s| s.store.frames_pong),
+        ("price_change_entries_total", "counter", "price_change entries seen", |s| {
+            s.store.price_change_entries
+        }),
+        ("hash_checks_total", "counter", "Venue book hashes recomputed", |s| s.store.hash_checks),
+        ("hash_mismatches_total", "counter", "Recomputed hashes that differed", |s| {
+            s.store.hash_mismatches
+        }),
+        (
+            "hash_ltp_learned_total",
+            "counter",
+            "Mismatches explained by an unannounced trade price",
+            |s| s.store.hash_ltp_learned,
+        ),
+        (
+            "bbo_mismatches_total",
+            "counter",
+            "Entries whose best bid/ask differed from the book",
+            |s| s.store.bbo_mismatches,
+        ),
+        ("untracked_total", "counter", "Events for tokens the shard does not own", |s| {
+            s.store.untracked
+        }),
+        (
+            "overlap_frames_ignored_total",
+            "counter",
+            "Events from a socket that is not the book's feed",
+            |s| s.store.not_feed,
+        ),
+        ("resyncs_total", "counter", "Books resubscribed after repeated failed checks", |s| {
+            s.resyncs
+        }),
+        ("redrives_total", "counter", "Tokens resubscribed after no first book", |s| s.redrives),
+        ("reconnects_total", "counter", "Connections reopened after they ended", |s| s.reconnects),
+        ("connect_failures_total", "counter", "Failed connection attempts", |s| s.connect_failures),
+        ("pong_timeouts_total", "counter", "Connections ended for lack of PONG", |s| {
+            s.pong_timeouts
+        }),
+        ("silence_timeouts_total", "counter", "Connections ended for data silence", |s| {
+            s.silence_timeouts
+        }),
+        ("tokens_migrated_total", "counter", "Books handed to a new socket by recycles", |s| {
+            s.tokens_migrated
+        }),
+        (
+            "handoff_timeouts_total",
+            "counter",
+            "Books not handed over before a recycle gave up",
+            |s| s.handoff_timeouts,
+        ),
+        (
+            "shard_cpu_seconds_total",
+            "counter",
+            "CPU time of the data shard's thread (ms/1000)",
+            |s| s.cpu_ms,
+        ),
+        ("shard_markets", "gauge", "Markets owned by the shard", |s| s.markets as u64),
+    ];
+    for (name, kind, help, get) in per_shard {
+        family(&mut out, name, kind, help);
+        for st in shards.iter().flatten() {
+            let v = get(st);
+            if name == "shard_cpu_seconds_total" {
+                let _ = writeln!(
+                    out,
+                    "polybook_{name}{{shard=\"{}\"}} {}.{:03}",
+                    st.shard,
+                    v / 1000,
+                    v % 1000
+                );
+            } else {
+                let _ = writeln!(out, "polybook_{name}{{shard=\"{}\"}} {v}", st.shard);
+            }
+        }
+    }
+    family(&mut out, "events_total", "counter", "Events applied or counted, by type");
+    for st in shards.iter().flatten() {
+        let c = &st.store;
+        for (t, v) in [
+            ("book", c.events_book),
+            ("price_change", c.events_price_change),
+            ("tick_size_change", c.events_tick_size_change),
+            ("last_trade_price", c.events_last_trade_price),
+            ("best_bid_ask", c.events_best_bid_ask),
+            ("new_market", c.events_new_market),
+            ("market_resolved", c.events_market_resolved),
+            ("unknown", c.events_unknown_type),
+        ] {
+            let _ =
+                writeln!(out, "polybook_events_total{{shard=\"{}\",type=\"{t}\"}} {v}", st.shard);
+        }
+    }
+    family(
+        &mut out,
+        "decode_errors_total",
+        "counter",
+        "Frames or events that did not decode, by kind",
+    );
+    for st in shards.iter().flatten() {
+        let e = &st.store.errors;
+        for (k, v) in [
+            ("empty", e.empty),
+            ("not_json", e.not_json),
+            ("malformed", e.malformed),
+            ("wrong_type", e.wrong_type),
+            ("missing_field", e.missing_field),
+            ("bad_number", e.bad_number),
+            ("missing_event_type", e.missing_event_type),
+            ("unknown_schema", e.unknown_schema),
+        ] {
+            let _ = writeln!(
+                out,
+                "polybook_decode_errors_total{{shard=\"{}\",kind=\"{k}\"}} {v}",
+                st.shard
+            );
+        }
+    }
+    family(&mut out, "books", "gauge", "Books by status");
+    for st in shards.iter().flatten() {
+        for (k, v) in [
+            ("seeding", st.books_seeding),
+            ("live", st.books_live),
+            ("suspect", st.books_suspect),
+            ("resyncing", st.books_resyncing),
+            ("resolved", st.books_resolved),
+        ] {
+            let _ = writeln!(out, "polybook_books{{shard=\"{}\",status=\"{k}\"}} {v}", st.shard);
+        }
+    }
+    family(&mut out, "connections", "gauge", "Connection slots by state");
+    for st in shards.iter().flatten() {
+        let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+        for c in &st.connections {
+            *by.entry(c.state).or_default() += 1;
+        }
+        for (k, v) in by {
+            let _ =
+                writeln!(out, "polybook_connections{{shard=\"{}\",state=\"{k}\"}} {v}", st.shard);
+        }
+    }
+    family(&mut out, "recycles_total", "counter", "Connection recycles by outcome");
+    for st in shards.iter().flatten() {
+        for (k, v) in [
+            ("started", st.recycles_started),
+            ("completed", st.recycles_completed),
+            ("failed", st.recycles_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "polybook_recycles_total{{shard=\"{}\",outcome=\"{k}\"}} {v}",
+                st.shard
+            );
+        }
+    }
+    family(
+        &mut out,
+        "apply_latency_ns",
+        "gauge",
+        "Frame received to applied, quantiles since start",
+    );
+    for st in shards.iter().flatten() {
+        for (q, v) in [
+            ("0.5", st.apply_ns_p50),
+            ("0.99", st.apply_ns_p99),
+            ("0.999", st.apply_ns_p999),
+            ("1", st.apply_ns_max),
+        ] {
+            let _ = writeln!(
+                out,
+                "polybook_apply_latency_ns{{shard=\"{}\",quantile=\"{q}\"}} {v}",
+                st.shard
+            );
+        }
+    }
+    family(&mut out, "shard_up", "gauge", "1 if the shard answered this scrape");
+    for (i, st) in shards.iter().enumerate() {
+        let _ = writeln!(out, "polybook_shard_up{{shard=\"{i}\"}} {}", u8::from(st.is_some()));
+    }
+    let c = control.borrow();
+    family(&mut out, "markets", "gauge", "Registry markets by lifecycle state");
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in c.registry.values() {
+        *by.entry(lifecycle_name(e.state)).or_default() += 1;
+    }
+    for k in ["active", "resolved", "closed", "expired"] {
+        let _ =
+            writeln!(out, "polybook_markets{{state=\"{k}\"}} {}", by.get(k).copied().unwrap_or(0));
+    }
+    let d = &c.discovery;
+    for (name, help, v) in [
+        ("discovery_runs_total", "Discovery runs", d.runs),
+        ("discovery_failures_total", "Discovery runs that failed", d.failures),
+        ("discovery_requests_total", "Gamma requests made", d.requests),
+        ("discovery_retries_total", "Gamma requests retried after 429/5xx", d.retries),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "polybook_{name} {v}");
+    }
+    if let Some(rss) = process_rss_bytes() {
+        family(&mut out, "process_resident_memory_bytes", "gauge", "Resident set size");
+        let _ = writeln!(out, "polybook_process_resident_memory_bytes {rss}");
+    }
+    let mut resp = Response::text(200, out);
+    resp.content_type = std::borrow::Cow::Borrowed("text/plain; version=0.0.4; charset=utf-8");
+    resp
+}
+
+/// VmRSS from /proc (Linux only, like the engine itself).
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 async fn get_book(control: &ControlRef, token: &str, depth: Option<usize>) -> Response {

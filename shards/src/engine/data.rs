@@ -835,6 +835,18 @@ fn hints_and_resolutions(s: &mut Shard) {
     }
 }
 
+/// CPU time of the calling thread from /proc/thread-self/stat (utime + stime, in clock ticks
+/// of 10 ms on Linux's usual USER_HZ = 100).
+fn thread_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10)
+}
+
 fn stats(s: &Shard) -> ShardStats {
     let c = &s.counters;
     let mut st = ShardStats {
@@ -853,6 +865,7 @@ fn stats(s: &Shard) -> ShardStats {
         recycles_failed: c.recycles_failed,
         tokens_migrated: c.tokens_migrated,
         handoff_timeouts: c.handoff_timeouts,
+        cpu_ms: thread_cpu_ms().unwrap_or(0),
         apply_ns_p50: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
         apply_ns_p999: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.999)),

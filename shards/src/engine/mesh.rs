@@ -94,6 +94,8 @@ pub struct ShardStats {
     pub tokens_migrated: u64,
     pub handoff_timeouts: u64,
     pub bytes: u64,
+    /// CPU time of the shard's thread (user + system), ms.
+    pub cpu_ms: u64,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,
