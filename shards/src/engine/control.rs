@@ -17,8 +17,9 @@ use polybook::{MarketId, TokenId};
 
 use super::discovery::{discover, lookup, DiscoveryLimits};
 use super::mesh::{Command, MarketSpec, Report, ShardStats};
+use super::stream::{serve_client, ClientRequest, Hub, StreamControl, StreamMsg};
 use crate::config::Selection;
-use crate::net::{Handler, Request, Response, Server, ServerConfig, Shutdown};
+use crate::net::{ws_task, Handler, Request, Response, Server, ServerConfig, Shutdown, WsTask};
 
 /// What the control shard needs to know.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct ControlConfig {
     pub discovery: DiscoveryLimits,
     pub discovery_interval: Duration,
     pub api_listen: String,
+    /// Messages queued per `/ws` client before it is dropped as too slow.
+    pub ws_client_buffer: usize,
     pub resolved_grace: Duration,
     pub recycle: RecycleLimits,
     pub recycle_check: Duration,
@@ -91,6 +94,7 @@ pub async fn run(
     cfg: ControlConfig,
     shards: Vec<flume::Sender<Command>>,
     reports: flume::Receiver<Report>,
+    streams: flume::Receiver<StreamMsg>,
     stop: flume::Receiver<()>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -115,11 +119,17 @@ pub async fn run(
         wake_discovery: Shutdown::new(),
     }));
     let api_stop = Shutdown::new();
+    let stopping = Shutdown::new();
+    let live = Rc::new(Streams {
+        control: Rc::clone(&control),
+        hub: RefCell::new(Hub::default()),
+        stopping: stopping.clone(),
+    });
+    let hub = glommio::spawn_local(hub_loop(Rc::clone(&live), streams)).detach();
     let api = glommio::spawn_local(
-        server.serve(Rc::new(Api { control: Rc::clone(&control) }), api_stop.clone()),
+        server.serve(Rc::new(Api { control: Rc::clone(&control), live }), api_stop.clone()),
     )
     .detach();
-    let stopping = Shutdown::new();
     let disc = glommio::spawn_local(discovery_loop(Rc::clone(&control), stopping.clone())).detach();
     let rep =
         glommio::spawn_local(report_loop(Rc::clone(&control), reports, stopping.clone())).detach();
@@ -138,6 +148,74 @@ pub async fn run(
     drop(rep);
     drop(prog);
     drop(recy);
+    drop(hub);
+}
+
+/// Live streams: the `/ws` hub and what it needs from control.
+struct Streams {
+    control: ControlRef,
+    hub: RefCell<Hub>,
+    stopping: Shutdown,
+}
+
+impl StreamControl for Streams {
+    fn resolve(&self, req: &ClientRequest) -> (Vec<TokenId>, Vec<String>) {
+        let c = self.control.borrow();
+        let (mut found, mut unknown) = (Vec::new(), Vec::new());
+        for t in &req.tokens {
+            match c.tokens.get_key_value(t.as_str()) {
+                Some((tok, _)) => found.push(tok.clone()),
+                None => unknown.push(t.clone()),
+            }
+        }
+        for m in &req.markets {
+            match c.registry.get(m.as_str()) {
+                Some(e) => found.extend(e.market.tokens.iter().cloned()),
+                None => unknown.push(m.clone()),
+            }
+        }
+        (found, unknown)
+    }
+
+    fn stream(&self, client: u64, tokens: Vec<TokenId>, depth: Option<usize>, on: bool) {
+        let c = self.control.borrow();
+        let n = c.shards.len().max(1);
+        let mut per: Vec<Vec<TokenId>> = vec![Vec::new(); n];
+        for t in tokens {
+            if let Some(e) = c.tokens.get(t.as_str()).and_then(|m| c.registry.get(m.as_str())) {
+                per[e.shard].push(t);
+            }
+        }
+        for (shard, tokens) in per.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            if let Some(tx) = c.shards.get(shard).cloned() {
+                // Bounded: wait for room on a task rather than block the caller.
+                glommio::spawn_local(async move {
+                    let _ = tx.send_async(Command::Stream { client, tokens, depth, on }).await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn hub(&self) -> &RefCell<Hub> {
+        &self.hub
+    }
+}
+
+async fn hub_loop(live: Rc<Streams>, streams: flume::Receiver<StreamMsg>) {
+    loop {
+        let msg = future::or(async { streams.recv_async().await.ok() }, async {
+            live.stopping.wait().await;
+            None
+        })
+        .await;
+        let Some(msg) = msg else { return };
+        live.hub.borrow_mut().deliver(&msg);
+        // Deliver what else is queued without yielding per message.
+        while let Ok(more) = streams.try_recv() {
+            live.hub.borrow_mut().deliver(&more);
+        }
+    }
 }
 
 /// Control's recycling policy: every `recycle_check`, recycle polluted or old connections
@@ -440,6 +518,7 @@ const DISCOVERY_GAP_MIN: Duration = Duration::from_secs(2);
 /// The HTTP API on the control shard.
 struct Api {
     control: ControlRef,
+    live: Rc<Streams>,
 }
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -447,6 +526,16 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 impl Handler for Api {
     fn handle(&self, _req: &Request) -> Response {
         Response::not_found()
+    }
+
+    fn upgrade(&self, req: &Request) -> Option<WsTask> {
+        if req.path != "/ws" {
+            return None;
+        }
+        let live = Rc::clone(&self.live);
+        let buffer = self.control.borrow().cfg.ws_client_buffer;
+        let stopping = live.stopping.clone();
+        Some(ws_task(move |ws| serve_client(live, ws, buffer, stopping)))
     }
 
     fn handle_async(
@@ -503,7 +592,10 @@ impl Handler for Api {
         let depth = req.query_param("depth").and_then(|d| d.parse::<usize>().ok());
         match path.as_str() {
             "/health" => Some(Box::pin(async move { health(&control).await })),
-            "/stats" => Some(Box::pin(async move { stats_response(&control).await })),
+            "/stats" => {
+                let live = Rc::clone(&self.live);
+                Some(Box::pin(async move { stats_response(&control, &live).await }))
+            }
             "/metrics" => Some(Box::pin(async move { metrics(&control).await })),
             "/markets" => {
                 let q = MarketQuery::from(req);
@@ -631,7 +723,7 @@ async fn health(control: &ControlRef) -> Response {
     }
 }
 
-async fn stats_response(control: &ControlRef) -> Response {
+async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
     let shards = gather_stats(control).await;
     let c = control.borrow();
     let mut by_state: std::collections::BTreeMap<&'static str, usize> = Default::default();
@@ -692,6 +784,11 @@ async fn stats_response(control: &ControlRef) -> Response {
             "markets_total": c.registry.len(),
             "totals": totals,
             "discovery": disc,
+            "streams": {
+                "clients": live.hub.borrow().clients(),
+                "clients_dropped_slow": live.hub.borrow().clients_dropped_slow,
+                "messages_sent": live.hub.borrow().messages_sent,
+            },
             "shards": shards,
         }),
     )

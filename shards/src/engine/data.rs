@@ -18,11 +18,12 @@ use hdrhistogram::Histogram;
 use polybook::book::BookStatus;
 use polybook::policy::{judge, Backoff, ConnTable, Placement, Verdict, WatchdogLimits};
 use polybook::protocol::encode::{subscribe_frames, SubscribeOp};
-use polybook::store::{BookUpdate, FeedId, NoSink, UpdateSink};
+use polybook::store::{BookUpdate, FeedId, UpdateSink};
 use polybook::view::BookView;
 use polybook::{BookStore, MarketId, StoreConfig, TokenId};
 
 use super::mesh::{Command, ConnStats, MarketSpec, Report, ShardStats};
+use super::stream::{StreamMsg, StreamTap};
 use crate::net::{connect_ws_with, ClientWs, ConnectOptions, Message, Shutdown};
 
 /// How a data shard connects and watches its connections.
@@ -69,6 +70,7 @@ pub type HandlerFactory = std::sync::Arc<dyn Fn(usize) -> Box<dyn BookHandler> +
 struct ShardSink<'h> {
     resync: Vec<TokenId>,
     handler: Option<&'h mut (dyn BookHandler + 'static)>,
+    tap: &'h mut StreamTap,
 }
 
 impl UpdateSink for ShardSink<'_> {
@@ -78,6 +80,9 @@ impl UpdateSink for ShardSink<'_> {
         }
         if let Some(h) = self.handler.as_mut() {
             h.on_update(update, book);
+        }
+        if !self.tap.is_empty() {
+            self.tap.on_update(update, book);
         }
     }
 }
@@ -155,6 +160,7 @@ struct Shard {
     hist: Option<Histogram<u64>>,
     counters: Counters,
     handler: Option<Box<dyn BookHandler>>,
+    tap: StreamTap,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
     pending_reports: std::collections::VecDeque<Report>,
@@ -169,6 +175,7 @@ pub async fn run(
     cfg: DataShardConfig,
     commands: flume::Receiver<Command>,
     reports: flume::Sender<Report>,
+    streams: flume::Sender<StreamMsg>,
 ) {
     let shard_id = cfg.shard;
     // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
@@ -182,6 +189,7 @@ pub async fn run(
         hist,
         counters: Counters::default(),
         handler: cfg.handler.as_ref().map(|make| make(shard_id)),
+        tap: StreamTap::new(streams),
         reports,
         pending_reports: std::collections::VecDeque::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ shard_id as u64,
@@ -204,6 +212,17 @@ pub async fn run(
             }
             Command::Stats { reply } => {
                 let _ = reply.send(stats(&shard.borrow()));
+            }
+            Command::Stream { client, tokens, depth, on } => {
+                let mut s = shard.borrow_mut();
+                let s = &mut *s;
+                for t in &tokens {
+                    if !on {
+                        s.tap.unsubscribe(t.as_str());
+                    } else if let Some(book) = s.store.get(t.as_str()) {
+                        s.tap.subscribe(book, client, depth);
+                    }
+                }
             }
             Command::Shutdown => break,
         }
@@ -544,7 +563,11 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 if pong {
                     continue;
                 }
-                let mut sink = ShardSink { resync: Vec::new(), handler: s.handler.as_deref_mut() };
+                let mut sink = ShardSink {
+                    resync: Vec::new(),
+                    handler: s.handler.as_deref_mut(),
+                    tap: &mut s.tap,
+                };
                 let report = s.store.apply_frame_from(FeedId(feed), text, &mut sink);
                 let resync_tokens = sink.resync;
                 if !report.errors.is_empty() {
@@ -569,15 +592,18 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
     drop(writer);
     kill.trigger();
     let mut s = shard.borrow_mut();
-    let tokens = tokens_of(&s, conn_id);
+    let s = &mut *s;
+    let tokens = tokens_of(s, conn_id);
+    let mut sink =
+        ShardSink { resync: Vec::new(), handler: s.handler.as_deref_mut(), tap: &mut s.tap };
     for t in &tokens {
-        s.store.feed_lost(t.as_str(), FeedId(feed), &mut NoSink);
+        s.store.feed_lost(t.as_str(), FeedId(feed), &mut sink);
     }
     if let Some(conn) = s.conns.get_mut(&conn_id) {
         conn.sockets.retain(|sock| sock.feed != feed);
         conn.state = if conn.sockets.is_empty() { "closed" } else { "open" };
     }
-    hints_and_resolutions(&mut s);
+    hints_and_resolutions(s);
     opened.elapsed() > Duration::from_secs(30)
 }
 
@@ -866,6 +892,8 @@ fn stats(s: &Shard) -> ShardStats {
         tokens_migrated: c.tokens_migrated,
         handoff_timeouts: c.handoff_timeouts,
         cpu_ms: thread_cpu_ms().unwrap_or(0),
+        stream_dropped: s.tap.dropped,
+        streamed_tokens: s.tap.len(),
         apply_ns_p50: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
         apply_ns_p999: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.999)),

@@ -33,6 +33,9 @@ pub enum Command {
     /// Recycle a connection make-before-break (manual trigger or control's policy). The reply,
     /// if asked for, says whether it started. If late, the connection lives a little longer.
     Recycle { conn: u32, reply: Option<Reply<bool>> },
+    /// Start (with a snapshot for `client`) or stop streaming tokens to the API's `/ws` hub.
+    /// If late, the client's snapshot comes later; updates before it are skipped by seq.
+    Stream { client: u64, tokens: Vec<TokenId>, depth: Option<usize>, on: bool },
     /// Close every connection and stop. Sent once at shutdown.
     Shutdown,
 }
@@ -96,6 +99,9 @@ pub struct ShardStats {
     pub bytes: u64,
     /// CPU time of the shard's thread (user + system), ms.
     pub cpu_ms: u64,
+    /// Tokens streamed to `/ws` clients, and stream messages lost to a full hub channel.
+    pub streamed_tokens: usize,
+    pub stream_dropped: u64,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,

@@ -5,6 +5,7 @@ pub mod control;
 pub mod data;
 pub mod discovery;
 pub mod mesh;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -160,6 +161,9 @@ fn start_with(
     };
     let c = &cfg.connections;
     let (report_tx, report_rx) = flume::bounded(4096);
+    // Stream messages for /ws clients; a full channel costs clients a sequence gap, never the
+    // feed (see stream.rs).
+    let (stream_tx, stream_rx) = flume::bounded(1 << 16);
     let mut shard_txs = Vec::new();
     let mut executors = Vec::new();
     for (i, &cpu) in layout.data.iter().enumerate() {
@@ -187,15 +191,17 @@ fn start_with(
             },
         };
         let reports = report_tx.clone();
+        let streams = stream_tx.clone();
         let name = format!("data-{i}");
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&name)
             .io_memory(io_memory)
-            .spawn(move || data::run(shard_cfg, rx, reports))
+            .spawn(move || data::run(shard_cfg, rx, reports, streams))
             .map_err(|e| EngineError::Executor { name, cpu, reason: e.to_string() })?;
         executors.push(h);
     }
     drop(report_tx);
+    drop(stream_tx);
     let control_cfg = control::ControlConfig {
         gamma_url: cfg.endpoints.gamma_url.clone(),
         selection: cfg.selection.clone(),
@@ -208,6 +214,7 @@ fn start_with(
         },
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
         api_listen: cfg.api.listen.clone(),
+        ws_client_buffer: cfg.api.ws_client_buffer_max,
         resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
         progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
         recycle: polybook::policy::RecycleLimits {
@@ -225,7 +232,7 @@ fn start_with(
     let h = LocalExecutorBuilder::new(Placement::Fixed(layout.control))
         .name("control")
         .io_memory(io_memory)
-        .spawn(move || control::run(control_cfg, shards, report_rx, stop_rx, bound_tx))
+        .spawn(move || control::run(control_cfg, shards, report_rx, stream_rx, stop_rx, bound_tx))
         .map_err(|e| EngineError::Executor {
             name: "control".into(),
             cpu: layout.control,
