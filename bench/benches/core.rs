@@ -1,8 +1,10 @@
 //! Criterion benches of the hot path: decode a frame, and decode + apply it to a `BookStore`.
 //!
-//! Run: `cargo bench -p polybook-bench -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench -p polybook-bench -- --warm-up-time 1 --measurement-time 3`, optionally
+//! with one filter regex, e.g. `'parse|apply_price_change'` (criterion takes a single filter).
 //! Throughput is reported in entries (price_change entries or book levels) per second; the
-//! design target is >= 3 M price_change entries/s/core for parse + apply.
+//! design target is >= 3 M price_change entries/s/core for parse + apply. `parse_serde_only`
+//! decodes the same frames without the hand-written fast path, for comparison.
 
 use std::hint::black_box;
 
@@ -10,6 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use polybook::book::hash::{book_hash, to_hex};
 use polybook::book::{Book, BookStatus, LtpText, TokenMeta};
+use polybook::protocol::market::decode_frame_serde;
 use polybook::protocol::{decode_frame, Level, MarketEvent, Side};
 use polybook::store::{NoSink, StoreConfig};
 use polybook::{BookStore, MarketId, Price, Size, TokenId};
@@ -86,6 +89,30 @@ fn bench_parse(c: &mut Criterion) {
     g.bench_function("book_100_levels_per_side", |b| {
         b.iter(|| {
             let kind = decode_frame(black_box(&book), |r| {
+                black_box(&r);
+            });
+            black_box(kind)
+        })
+    });
+    g.finish();
+    // The same frames through the serde path alone (what `parse` measured before the fast path).
+    let mut g = c.benchmark_group("parse_serde_only");
+    for name in ["ws_price_change_2025-12-23.json", "ws_price_change_compact_2026-10-04.json"] {
+        let text = fixture(name);
+        g.throughput(Throughput::Elements(decode_count(&text)));
+        g.bench_function(name.trim_end_matches(".json"), |b| {
+            b.iter(|| {
+                let kind = decode_frame_serde(black_box(&text), |r| {
+                    black_box(&r);
+                });
+                black_box(kind)
+            })
+        });
+    }
+    g.throughput(Throughput::Elements(decode_count(&book)));
+    g.bench_function("book_100_levels_per_side", |b| {
+        b.iter(|| {
+            let kind = decode_frame_serde(black_box(&book), |r| {
                 black_box(&r);
             });
             black_box(kind)

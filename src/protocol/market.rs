@@ -4,6 +4,10 @@
 //! own, so a bad element costs only itself. `event_type` is found by a scan from the end of the
 //! object (the venue puts it last or next to last) and confirmed by the typed parse; parsing
 //! into an internally tagged enum would be ~2x slower.
+//!
+//! Before any of that, `super::fast` tries the venue's common shapes (current `price_change`,
+//! `book`) with a hand-written zero-copy parser; whatever it does not fully understand comes
+//! back "not handled" and takes the serde path, so results and errors are the serde path's.
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -395,20 +399,45 @@ impl DecodeError {
 /// frame was, or an error if it could not be split into elements at all.
 pub fn decode_frame<'a>(
     text: &'a str,
+    on_event: impl FnMut(Result<MarketEvent<'a>, DecodeError>),
+) -> Result<FrameKind, DecodeError> {
+    decode_frame_with(text, true, on_event)
+}
+
+/// [`decode_frame`] without the hand-written fast path (`super::fast`): serde only. Kept so the
+/// differential tests can check that the fast path changes nothing.
+#[doc(hidden)]
+pub fn decode_frame_serde<'a>(
+    text: &'a str,
+    on_event: impl FnMut(Result<MarketEvent<'a>, DecodeError>),
+) -> Result<FrameKind, DecodeError> {
+    decode_frame_with(text, false, on_event)
+}
+
+fn decode_frame_with<'a>(
+    text: &'a str,
+    fast: bool,
     mut on_event: impl FnMut(Result<MarketEvent<'a>, DecodeError>),
 ) -> Result<FrameKind, DecodeError> {
     let trimmed = text.trim_ascii();
     match trimmed.as_bytes().first() {
         None => Err(DecodeError::new(DecodeErrorKind::Empty, "empty frame")),
         Some(b'{') => {
-            on_event(decode_event(trimmed));
+            on_event(decode_event_with(trimmed, fast));
             Ok(FrameKind::Object)
         }
         Some(b'[') => {
+            // An opening dump of `book`s: all or nothing, nothing is reported before it is
+            // known that every element is handled.
+            if let Some(events) = fast.then(|| super::fast::decode_array(trimmed)).flatten() {
+                let n = events.len();
+                events.into_iter().for_each(|e| on_event(Ok(e)));
+                return Ok(FrameKind::Array(n));
+            }
             let elements: Vec<&'a RawValue> =
                 serde_json::from_str(trimmed).map_err(|e| DecodeError::from_json(&e))?;
             for raw in &elements {
-                on_event(decode_event(raw.get()));
+                on_event(decode_event_with(raw.get(), fast));
             }
             Ok(FrameKind::Array(elements.len()))
         }
@@ -430,12 +459,29 @@ fn preview(s: &str) -> &str {
 
 /// Decodes one JSON object (an element of a frame).
 pub fn decode_event(obj: &str) -> Result<MarketEvent<'_>, DecodeError> {
+    decode_event_with(obj, true)
+}
+
+/// [`decode_event`] without the hand-written fast path: serde only (differential tests).
+#[doc(hidden)]
+pub fn decode_event_serde(obj: &str) -> Result<MarketEvent<'_>, DecodeError> {
+    decode_event_with(obj, false)
+}
+
+fn decode_event_with(obj: &str, fast: bool) -> Result<MarketEvent<'_>, DecodeError> {
     let obj = obj.trim_ascii();
     if !obj.starts_with('{') {
         return Err(DecodeError::new(
             DecodeErrorKind::WrongType,
             format!("element is not an object: {:?}", preview(obj)),
         ));
+    }
+    // The common shapes (`price_change`, `book`) by hand; anything it does not fully understand
+    // comes back `None` and takes the serde path below, which owns every error.
+    if fast {
+        if let Some(event) = super::fast::decode_object(obj) {
+            return Ok(event);
+        }
     }
     if let Some(guess) = scan_event_type(obj) {
         // The scan can be fooled by an `event_type` key in a nested object; a typed parse that

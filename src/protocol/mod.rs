@@ -1,6 +1,7 @@
 //! Wire model of the venue: the market WebSocket channel (decode) and client frames (encode).
 
 pub mod encode;
+mod fast;
 pub mod gamma;
 pub mod market;
 mod wire;
