@@ -28,6 +28,9 @@ enum Command {
         /// The configuration file (missing keys take their defaults).
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
+        /// Record every raw frame per shard under this directory (replay with `replay DIR`).
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Run the simulated exchange and the engine in one process, pointed at each other.
     Demo {
@@ -39,6 +42,9 @@ enum Command {
         /// Where the engine's HTTP API listens (overrides the config).
         #[arg(long)]
         api: Option<String>,
+        /// Record every raw frame per shard under this directory (replay with `replay DIR`).
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Run only the simulated Polymarket exchange (Gamma, CLOB REST, market WebSocket).
     Sim {
@@ -53,7 +59,7 @@ enum Command {
     },
     /// Apply a recorded capture (one frame per line, optional `recv_ns ` prefix) to fresh books.
     Replay {
-        /// The capture file.
+        /// A capture file, or an engine recording (a `--record` directory or one of its files).
         file: PathBuf,
         /// Print `{"books": {...}, "stats": {...}}` as JSON to stdout.
         #[arg(long)]
@@ -158,10 +164,14 @@ fn wait_for_signal() -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, record } => {
             let cfg = load_config(&config)?;
             init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
-            let engine = polybook_shards::engine::start(&cfg)?;
+            let mut builder = polybook_shards::engine::Engine::builder(cfg);
+            if let Some(dir) = record {
+                builder = builder.record(dir);
+            }
+            let engine = builder.start()?;
             tracing::info!("API on http://{}", engine.api_addr());
             wait_for_signal()?;
             engine.stop();
@@ -183,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             handle.stop()?;
             Ok(())
         }
-        Command::Demo { config, sim, api } => {
+        Command::Demo { config, sim, api, record } => {
             let mut cfg: Config =
                 if config.exists() { Config::load(&config)? } else { Config::default() };
             init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
@@ -197,8 +207,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // The simulator lists markets at once; rediscover often so new ones show quickly.
             cfg.discovery.interval_ms = cfg.discovery.interval_ms.min(10_000);
-            let cfg = cfg.validate()?;
-            let engine = polybook_shards::engine::start(&cfg)?;
+            let mut builder = polybook_shards::engine::Engine::builder(cfg.validate()?);
+            if let Some(dir) = record {
+                builder = builder.record(dir);
+            }
+            let engine = builder.start()?;
             println!("polybook demo: simulated exchange on {}", handle.http_url());
             println!(
                 "polybook demo: API on http://{}  (try /stats, /health, /books/TOKEN_ID)",
@@ -221,6 +234,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { file, dump, min_order_size, neg_risk, tick_size, no_verify_hash } => {
             init_logging("warn", cli.log_json);
+            if polybook_shards::replay::is_recording(&file) {
+                let files = polybook_shards::replay::recording_files(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let mut stderr = std::io::stderr();
+                let (store, stats) =
+                    polybook_shards::replay::replay_recording(&files, &mut stderr)?;
+                if dump {
+                    println!("{}", polybook_shards::replay::dump_json(&store, &stats)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                }
+                return Ok(());
+            }
             let f = File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let meta = TokenMeta {
                 tick_size: Some(tick_size),

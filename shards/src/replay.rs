@@ -53,3 +53,74 @@ pub fn dump_json(store: &BookStore, stats: &ReplayStats) -> serde_json::Result<S
         store.books().map(|b| (b.token().as_str(), BookView::new(b))).collect();
     serde_json::to_string_pretty(&serde_json::json!({ "books": books, "stats": stats }))
 }
+
+/// Whether `path` is an engine recording (a directory of `.rec` files, or a file that starts
+/// with the recording header) rather than a plain capture.
+pub fn is_recording(path: &std::path::Path) -> bool {
+    if path.is_dir() {
+        return true;
+    }
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    let mut first = String::new();
+    let _ = std::io::BufReader::new(f).read_line(&mut first);
+    first.trim_end() == polybook::capture::RECORDING_HEADER
+}
+
+/// The `.rec` files under `path` (or `path` itself), in name order: per shard, in the order
+/// they were written; shards own disjoint books, so their files may be applied one after another.
+pub fn recording_files(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rec"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Replays engine recordings: repeats each shard's store calls in order, which rebuilds the
+/// exact books the engine had. Bad lines are reported and counted.
+pub fn replay_recording(
+    files: &[std::path::PathBuf],
+    errors: &mut impl Write,
+) -> std::io::Result<(BookStore, ReplayStats)> {
+    let mut store = BookStore::new(StoreConfig::default());
+    let mut stats = ReplayStats::default();
+    for path in files {
+        let f = std::io::BufReader::new(std::fs::File::open(path)?);
+        for (n, line) in f.lines().enumerate() {
+            let line = line?;
+            stats.lines += 1;
+            match polybook::capture::parse_record_line(&line) {
+                Ok(Some(rec)) => {
+                    let report =
+                        polybook::capture::replay_record_line(&mut store, &rec, &mut NoSink);
+                    if let Some(r) = report.filter(|r| !r.errors.is_empty()) {
+                        stats.bad_lines += 1;
+                        for e in &r.errors {
+                            writeln!(
+                                errors,
+                                "{}:{}: {}: {}",
+                                path.display(),
+                                n + 1,
+                                e.kind.as_str(),
+                                e.detail
+                            )?;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    stats.bad_lines += 1;
+                    writeln!(errors, "{}:{}: {e}", path.display(), n + 1)?;
+                }
+            }
+        }
+    }
+    stats.books = store.len();
+    stats.store = store.counters().clone();
+    Ok((store, stats))
+}

@@ -23,6 +23,7 @@ use polybook::view::BookView;
 use polybook::{BookStore, MarketId, StoreConfig, TokenId};
 
 use super::mesh::{Command, ConnStats, MarketSpec, Report, ShardStats};
+use super::record::{now_ns, Recorder};
 use super::stream::{StreamMsg, StreamTap};
 use crate::net::{connect_ws_with, ClientWs, ConnectOptions, Message, Shutdown};
 
@@ -45,6 +46,8 @@ pub struct DataShardConfig {
     pub handoff_timeout: Duration,
     pub store: StoreConfig,
     pub handler: Option<HandlerFactory>,
+    /// Record every raw frame and feed decision here (`--record DIR`).
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for dyn BookHandler {
@@ -161,6 +164,7 @@ struct Shard {
     counters: Counters,
     handler: Option<Box<dyn BookHandler>>,
     tap: StreamTap,
+    recorder: Option<Recorder>,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
     pending_reports: std::collections::VecDeque<Report>,
@@ -190,6 +194,13 @@ pub async fn run(
         counters: Counters::default(),
         handler: cfg.handler.as_ref().map(|make| make(shard_id)),
         tap: StreamTap::new(streams),
+        recorder: cfg.record_dir.as_deref().and_then(|dir| match Recorder::open(dir, shard_id) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without");
+                None
+            }
+        }),
         reports,
         pending_reports: std::collections::VecDeque::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ shard_id as u64,
@@ -228,6 +239,11 @@ pub async fn run(
         }
     }
     let mut s = shard.borrow_mut();
+    // The recording ends with the books as they are now: sockets closing below are shutdown,
+    // not venue events, and must not mark the replayed books Resyncing.
+    if let Some(mut r) = s.recorder.take() {
+        r.flush();
+    }
     for conn in s.conns.values_mut() {
         conn.closing = true;
         conn.slot_kill.trigger();
@@ -258,6 +274,10 @@ fn track(shard: &ShardRef, specs: Vec<MarketSpec>) {
         let mut s = shard.borrow_mut();
         let mut per_conn: HashMap<u32, Vec<TokenId>> = HashMap::new();
         for spec in specs {
+            if let Some(r) = s.recorder.as_mut() {
+                let ids: Vec<&str> = spec.tokens.iter().map(TokenId::as_str).collect();
+                r.track(spec.market.as_str(), &spec.meta, &ids);
+            }
             for t in &spec.tokens {
                 s.store.track(t.clone(), spec.market.clone(), spec.meta);
             }
@@ -329,6 +349,9 @@ fn subscribe_on(s: &mut Shard, conn_id: u32, tokens: &[TokenId]) {
         }
     }
     let feed = sock.feed;
+    if let Some(r) = s.recorder.as_mut() {
+        r.assign(feed, &ids);
+    }
     for t in tokens {
         s.store.assign_feed(t.as_str(), FeedId(feed));
     }
@@ -339,6 +362,10 @@ fn untrack(shard: &ShardRef, markets: &[MarketId]) {
     let dynamic = s.cfg.dynamic_subscribe;
     for m in markets {
         let Some(tokens) = s.markets.remove(m.as_str()) else { continue };
+        if let Some(r) = s.recorder.as_mut() {
+            let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
+            r.untrack(m.as_str(), &ids);
+        }
         for t in &tokens {
             s.store.untrack(t.as_str());
         }
@@ -471,10 +498,13 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
         let feed = s.next_feed;
         s.next_feed = s.next_feed.wrapping_add(1).max(1);
         let tokens = tokens_of(&s, conn_id);
+        let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
+        if let Some(r) = s.recorder.as_mut() {
+            r.assign(feed, &ids);
+        }
         for t in &tokens {
             s.store.assign_feed(t.as_str(), FeedId(feed));
         }
-        let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
         let custom = s.cfg.custom_features;
         let mut frames: Vec<String> = Vec::new();
         for (i, part) in ids.chunks(s.cfg.ids_per_frame_max).enumerate() {
@@ -563,6 +593,9 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 if pong {
                     continue;
                 }
+                if let Some(r) = s.recorder.as_mut() {
+                    r.frame(now_ns(), feed, text);
+                }
                 let mut sink = ShardSink {
                     resync: Vec::new(),
                     handler: s.handler.as_deref_mut(),
@@ -594,6 +627,10 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
     let mut s = shard.borrow_mut();
     let s = &mut *s;
     let tokens = tokens_of(s, conn_id);
+    if let Some(r) = s.recorder.as_mut() {
+        let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
+        r.lost(feed, &ids);
+    }
     let mut sink =
         ShardSink { resync: Vec::new(), handler: s.handler.as_deref_mut(), tap: &mut s.tap };
     for t in &tokens {

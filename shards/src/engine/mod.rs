@@ -5,6 +5,7 @@ pub mod control;
 pub mod data;
 pub mod discovery;
 pub mod mesh;
+pub mod record;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -112,7 +113,7 @@ pub struct Engine;
 
 impl Engine {
     pub fn builder(config: ValidConfig) -> EngineBuilder {
-        EngineBuilder { config, handler: None }
+        EngineBuilder { config, handler: None, record_dir: None }
     }
 }
 
@@ -120,6 +121,7 @@ impl Engine {
 pub struct EngineBuilder {
     config: ValidConfig,
     handler: Option<HandlerFactory>,
+    record_dir: Option<std::path::PathBuf>,
 }
 
 impl EngineBuilder {
@@ -134,20 +136,27 @@ impl EngineBuilder {
         self
     }
 
+    /// Record every raw frame per shard under `dir` (see `record.rs`; `polybook replay DIR`).
+    pub fn record(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.record_dir = Some(dir.into());
+        self
+    }
+
     pub fn start(self) -> Result<EngineHandle, EngineError> {
-        start_with(&self.config, self.handler)
+        start_with(&self.config, self.handler, self.record_dir)
     }
 }
 
 /// Starts the engine: data shards first, then the control shard (which binds the API and
 /// starts discovery). Returns once the API is listening.
 pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
-    start_with(cfg, None)
+    start_with(cfg, None, None)
 }
 
 fn start_with(
     cfg: &ValidConfig,
     handler: Option<HandlerFactory>,
+    record_dir: Option<std::path::PathBuf>,
 ) -> Result<EngineHandle, EngineError> {
     // ureq (discovery) uses the process-wide rustls provider: make it ring, like our wss.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -184,6 +193,7 @@ fn start_with(
             custom_features: c.custom_features,
             handoff_timeout: Duration::from_millis(cfg.lifecycle.handoff_timeout_ms),
             handler: handler.clone(),
+            record_dir: record_dir.clone(),
             store: StoreConfig {
                 verify_hash: cfg.integrity.verify_hash,
                 failed_checks_max: cfg.integrity.failed_checks_max,
