@@ -515,6 +515,10 @@ async fn report_loop(control: ControlRef, reports: flume::Receiver<Report>, stop
 /// Least time between two discovery runs, whatever wakes it.
 const DISCOVERY_GAP_MIN: Duration = Duration::from_secs(2);
 
+const WEB_INDEX: &str = include_str!("web/index.html");
+const WEB_JS: &str = include_str!("web/app.js");
+const WEB_CSS: &str = include_str!("web/app.css");
+
 /// The HTTP API on the control shard.
 struct Api {
     control: ControlRef,
@@ -524,8 +528,17 @@ struct Api {
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Handler for Api {
-    fn handle(&self, _req: &Request) -> Response {
-        Response::not_found()
+    fn handle(&self, req: &Request) -> Response {
+        // The page is embedded in the binary: no separate server, no Node.js at run time.
+        let (body, kind) = match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/" | "/index.html") => (WEB_INDEX, "text/html; charset=utf-8"),
+            ("GET", "/app.js") => (WEB_JS, "text/javascript; charset=utf-8"),
+            ("GET", "/app.css") => (WEB_CSS, "text/css; charset=utf-8"),
+            _ => return Response::not_found(),
+        };
+        let mut resp = Response::text(200, body);
+        resp.content_type = std::borrow::Cow::Borrowed(kind);
+        resp
     }
 
     fn upgrade(&self, req: &Request) -> Option<WsTask> {
