@@ -177,6 +177,15 @@ fn skipped_update_is_detected_by_hash_and_repaired_by_resync() {
         }
     });
     assert!(total(&s, "books_marked_resyncing") >= 1, "{}", s["totals"]);
+    wait_for("time in Suspect/Resyncing accounted", Duration::from_secs(30), || {
+        let s = stats(&engine);
+        let ms = total(&s, "suspect_ms_total") + total(&s, "resyncing_ms_total");
+        if ms > 0 {
+            Ok(())
+        } else {
+            Err(s["totals"].to_string())
+        }
+    });
     wait_at_rest(&base);
     wait_for("books repaired", Duration::from_secs(30), || {
         compare_with_truth(&engine, &sim, &|_, _| false)

@@ -771,6 +771,9 @@ async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
         add("hash_mismatches", s.store.hash_mismatches);
         add("untracked", s.store.untracked);
         add("resyncs", s.resyncs);
+        add("resyncs_connection_lost", s.resyncs_connection_lost);
+        add("suspect_ms_total", s.suspect_ms_total);
+        add("resyncing_ms_total", s.resyncing_ms_total);
         add("redrives", s.redrives);
         add("recycles_started", s.recycles_started);
         add("recycles_completed", s.recycles_completed);

@@ -74,12 +74,41 @@ struct ShardSink<'h> {
     resync: Vec<TokenId>,
     handler: Option<&'h mut (dyn BookHandler + 'static)>,
     tap: &'h mut StreamTap,
+    clock: &'h mut StatusClock,
+}
+
+/// Time books spend Suspect or Resyncing, summed over all books (ms), from the moment a book
+/// enters the state until it leaves it.
+#[derive(Default)]
+struct StatusClock {
+    since: HashMap<TokenId, (BookStatus, Instant)>,
+    suspect_ms: u64,
+    resyncing_ms: u64,
+}
+
+impl StatusClock {
+    fn transition(&mut self, token: &TokenId, to: BookStatus) {
+        if let Some((state, at)) = self.since.remove(token.as_str()) {
+            let ms = at.elapsed().as_millis() as u64;
+            match state {
+                BookStatus::Suspect => self.suspect_ms += ms,
+                BookStatus::Resyncing => self.resyncing_ms += ms,
+                _ => {}
+            }
+        }
+        if matches!(to, BookStatus::Suspect | BookStatus::Resyncing) {
+            self.since.insert(token.clone(), (to, Instant::now()));
+        }
+    }
 }
 
 impl UpdateSink for ShardSink<'_> {
     fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book) {
-        if let BookUpdate::Status { to: BookStatus::Resyncing, .. } = update {
-            self.resync.push(book.token().clone());
+        if let BookUpdate::Status { to, .. } = *update {
+            self.clock.transition(book.token(), to);
+            if to == BookStatus::Resyncing {
+                self.resync.push(book.token().clone());
+            }
         }
         if let Some(h) = self.handler.as_mut() {
             h.on_update(update, book);
@@ -94,6 +123,8 @@ impl UpdateSink for ShardSink<'_> {
 struct Counters {
     /// Books resynced after repeated failed checks (unsubscribe + subscribe for a fresh book).
     resyncs: u64,
+    /// Books marked Resyncing because their socket ended.
+    resyncs_connection_lost: u64,
     reconnects: u64,
     connect_failures: u64,
     pong_timeouts: u64,
@@ -164,6 +195,7 @@ struct Shard {
     counters: Counters,
     handler: Option<Box<dyn BookHandler>>,
     tap: StreamTap,
+    clock: StatusClock,
     recorder: Option<Recorder>,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
@@ -194,6 +226,7 @@ pub async fn run(
         counters: Counters::default(),
         handler: cfg.handler.as_ref().map(|make| make(shard_id)),
         tap: StreamTap::new(streams),
+        clock: StatusClock::default(),
         recorder: cfg.record_dir.as_deref().and_then(|dir| match Recorder::open(dir, shard_id) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -600,6 +633,7 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                     resync: Vec::new(),
                     handler: s.handler.as_deref_mut(),
                     tap: &mut s.tap,
+                    clock: &mut s.clock,
                 };
                 let report = s.store.apply_frame_from(FeedId(feed), text, &mut sink);
                 let resync_tokens = sink.resync;
@@ -631,11 +665,17 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
         let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
         r.lost(feed, &ids);
     }
-    let mut sink =
-        ShardSink { resync: Vec::new(), handler: s.handler.as_deref_mut(), tap: &mut s.tap };
+    let mut sink = ShardSink {
+        resync: Vec::new(),
+        handler: s.handler.as_deref_mut(),
+        tap: &mut s.tap,
+        clock: &mut s.clock,
+    };
     for t in &tokens {
         s.store.feed_lost(t.as_str(), FeedId(feed), &mut sink);
     }
+    // These books resync because their socket ended, not because a check failed.
+    s.counters.resyncs_connection_lost += sink.resync.len() as u64;
     if let Some(conn) = s.conns.get_mut(&conn_id) {
         conn.sockets.retain(|sock| sock.feed != feed);
         conn.state = if conn.sockets.is_empty() { "closed" } else { "open" };
@@ -922,6 +962,9 @@ fn stats(s: &Shard) -> ShardStats {
         silence_timeouts: c.silence_timeouts,
         redrives: c.redrives,
         resyncs: c.resyncs,
+        resyncs_connection_lost: c.resyncs_connection_lost,
+        suspect_ms_total: s.clock.suspect_ms,
+        resyncing_ms_total: s.clock.resyncing_ms,
         bytes: c.bytes,
         recycles_started: c.recycles_started,
         recycles_completed: c.recycles_completed,

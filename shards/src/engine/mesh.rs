@@ -90,7 +90,13 @@ pub struct ShardStats {
     pub pong_timeouts: u64,
     pub silence_timeouts: u64,
     pub redrives: u64,
+    /// Resyncs by cause: failed integrity checks (`resyncs`), socket ended
+    /// (`resyncs_connection_lost`), first book late (`redrives`).
     pub resyncs: u64,
+    pub resyncs_connection_lost: u64,
+    /// Time spent Suspect / Resyncing, summed over books (ms).
+    pub suspect_ms_total: u64,
+    pub resyncing_ms_total: u64,
     pub recycles_started: u64,
     pub recycles_completed: u64,
     pub recycles_failed: u64,
