@@ -169,15 +169,25 @@ impl DecodeErrorCounts {
         *c += 1;
     }
 
+    /// Each kind's wire name with its count.
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
+        DecodeErrorKind::ALL.map(|k| {
+            let n = match k {
+                DecodeErrorKind::Empty => self.empty,
+                DecodeErrorKind::NotJson => self.not_json,
+                DecodeErrorKind::Malformed => self.malformed,
+                DecodeErrorKind::WrongType => self.wrong_type,
+                DecodeErrorKind::MissingField => self.missing_field,
+                DecodeErrorKind::BadNumber => self.bad_number,
+                DecodeErrorKind::MissingEventType => self.missing_event_type,
+                DecodeErrorKind::UnknownSchema => self.unknown_schema,
+            };
+            (k.as_str(), n)
+        })
+    }
+
     pub fn total(&self) -> u64 {
-        self.empty
-            + self.not_json
-            + self.malformed
-            + self.wrong_type
-            + self.missing_field
-            + self.bad_number
-            + self.missing_event_type
-            + self.unknown_schema
+        self.by_kind().iter().map(|(_, n)| n).sum()
     }
 }
 

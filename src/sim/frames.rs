@@ -55,9 +55,9 @@ pub fn price_change(out: &mut String, market: &str, entries: &[EntryOut<'_>], ts
     let _ = write!(out, "],\"timestamp\":\"{ts}\",\"event_type\":\"price_change\"}}");
 }
 
-/// An opening-dump element: `market, asset_id, timestamp, hash, bids, asks, tick_size,
-/// event_type, last_trade_price`.
-pub fn opening_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
+/// `{"market":..,"asset_id":..,"timestamp":..,"hash":..,"bids":[..],"asks":[..]`: the head
+/// that opening books and REST books share (the Go struct order).
+fn snapshot_head(out: &mut String, book: &Book, hash: [u8; 20]) {
     let _ = write!(
         out,
         "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"timestamp\":\"{}\",\"hash\":\"{}\",\"bids\":",
@@ -69,6 +69,12 @@ pub fn opening_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
     write_levels(out, book.bids());
     out.push_str(",\"asks\":");
     write_levels(out, book.asks());
+}
+
+/// An opening-dump element: `market, asset_id, timestamp, hash, bids, asks, tick_size,
+/// event_type, last_trade_price`.
+pub fn opening_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
+    snapshot_head(out, book, hash);
     let tick = book.tick_size().unwrap_or(Price::ZERO);
     let _ = write!(
         out,
@@ -98,17 +104,7 @@ pub fn book_after_trade(out: &mut String, book: &Book, hash: [u8; 20]) {
 /// REST `GET /book`: `market, asset_id, timestamp, hash, bids, asks, min_order_size,
 /// tick_size, neg_risk, last_trade_price` (the Go struct order the hash also uses).
 pub fn rest_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
-    let _ = write!(
-        out,
-        "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"timestamp\":\"{}\",\"hash\":\"{}\",\"bids\":",
-        book.market(),
-        book.token(),
-        book.timestamp_ms(),
-        to_hex(&hash)
-    );
-    write_levels(out, book.bids());
-    out.push_str(",\"asks\":");
-    write_levels(out, book.asks());
+    snapshot_head(out, book, hash);
     let meta = book.meta();
     let _ = write!(
         out,

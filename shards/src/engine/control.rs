@@ -908,6 +908,15 @@ async fn get_market(control: &ControlRef, id: &str) -> Response {
     Response::json(200, &body)
 }
 
+/// A per-shard metric with one more label: name, type, help, label, and its values.
+type LabeledMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> Vec<(&'static str, u64)>,
+);
+
 /// One per-shard metric: name, Prometheus type, help, and how to read it from the stats.
 type PerShardMetric = (&'static str, &'static str, &'static str, fn(&ShardStats) -> u64);
 
@@ -998,58 +1007,65 @@ async fn metrics(control: &ControlRef) -> Response {
             }
         }
     }
-    family(&mut out, "events_total", "counter", "Events applied or counted, by type");
-    for st in shards.iter().flatten() {
-        let c = &st.store;
-        for (t, v) in [
-            ("book", c.events_book),
-            ("price_change", c.events_price_change),
-            ("tick_size_change", c.events_tick_size_change),
-            ("last_trade_price", c.events_last_trade_price),
-            ("best_bid_ask", c.events_best_bid_ask),
-            ("new_market", c.events_new_market),
-            ("market_resolved", c.events_market_resolved),
-            ("unknown", c.events_unknown_type),
-        ] {
-            let _ =
-                writeln!(out, "polybook_events_total{{shard=\"{}\",type=\"{t}\"}} {v}", st.shard);
-        }
-    }
-    family(
-        &mut out,
-        "decode_errors_total",
-        "counter",
-        "Frames or events that did not decode, by kind",
-    );
-    for st in shards.iter().flatten() {
-        let e = &st.store.errors;
-        for (k, v) in [
-            ("empty", e.empty),
-            ("not_json", e.not_json),
-            ("malformed", e.malformed),
-            ("wrong_type", e.wrong_type),
-            ("missing_field", e.missing_field),
-            ("bad_number", e.bad_number),
-            ("missing_event_type", e.missing_event_type),
-            ("unknown_schema", e.unknown_schema),
-        ] {
-            let _ = writeln!(
-                out,
-                "polybook_decode_errors_total{{shard=\"{}\",kind=\"{k}\"}} {v}",
-                st.shard
-            );
-        }
-    }
-    family(&mut out, "books", "gauge", "Books by status");
-    for st in shards.iter().flatten() {
-        for (k, v) in [
-            ("seeding", st.books_seeding),
-            ("live", st.books_live),
-            ("suspect", st.books_suspect),
-            ("resyncing", st.books_resyncing),
-            ("resolved", st.books_resolved),
-        ] {
-            let _ = writeln!(out, "polybook_books{{shard=\"{}\",status=\"{k}\"}} {v}", st.shard);
+    let labeled: [LabeledMetric; 5] = [
+        ("events_total", "counter", "Events applied or counted, by type", "type", |s| {
+            let c = &s.store;
+            vec![
+                ("book", c.events_book),
+                ("price_change", c.events_price_change),
+                ("tick_size_change", c.events_tick_size_change),
+                ("last_trade_price", c.events_last_trade_price),
+                ("best_bid_ask", c.events_best_bid_ask),
+                ("new_market", c.events_new_market),
+                ("market_resolved", c.events_market_resolved),
+                ("unknown", c.events_unknown_type),
+            ]
+        }),
+        (
+            "decode_errors_total",
+            "counter",
+            "Frames or events that did not decode, by kind",
+            "kind",
+            |s| s.store.errors.by_kind().to_vec(),
+        ),
+        ("books", "gauge", "Books by status", "status", |s| {
+            vec![
+                ("seeding", s.books_seeding as u64),
+                ("live", s.books_live as u64),
+                ("suspect", s.books_suspect as u64),
+                ("resyncing", s.books_resyncing as u64),
+                ("resolved", s.books_resolved as u64),
+            ]
+        }),
+        ("recycles_total", "counter", "Connection recycles by outcome", "outcome", |s| {
+            vec![
+                ("started", s.recycles_started),
+                ("completed", s.recycles_completed),
+                ("failed", s.recycles_failed),
+            ]
+        }),
+        (
+            "apply_latency_ns",
+            "gauge",
+            "Frame received to applied, quantiles since start",
+            "quantile",
+            |s| {
+                vec![
+                    ("0.5", s.apply_ns_p50),
+                    ("0.99", s.apply_ns_p99),
+                    ("0.999", s.apply_ns_p999),
+                    ("1", s.apply_ns_max),
+                ]
+            },
+        ),
+    ];
+    for (name, kind, help, label, get) in labeled {
+        family(&mut out, name, kind, help);
+        for st in shards.iter().flatten() {
+            for (k, v) in get(st) {
+                let _ =
+                    writeln!(out, "polybook_{name}{{shard=\"{}\",{label}=\"{k}\"}} {v}", st.shard);
+            }
         }
     }
     family(&mut out, "connections", "gauge", "Connection slots by state");
@@ -1061,40 +1077,6 @@ async fn metrics(control: &ControlRef) -> Response {
         for (k, v) in by {
             let _ =
                 writeln!(out, "polybook_connections{{shard=\"{}\",state=\"{k}\"}} {v}", st.shard);
-        }
-    }
-    family(&mut out, "recycles_total", "counter", "Connection recycles by outcome");
-    for st in shards.iter().flatten() {
-        for (k, v) in [
-            ("started", st.recycles_started),
-            ("completed", st.recycles_completed),
-            ("failed", st.recycles_failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "polybook_recycles_total{{shard=\"{}\",outcome=\"{k}\"}} {v}",
-                st.shard
-            );
-        }
-    }
-    family(
-        &mut out,
-        "apply_latency_ns",
-        "gauge",
-        "Frame received to applied, quantiles since start",
-    );
-    for st in shards.iter().flatten() {
-        for (q, v) in [
-            ("0.5", st.apply_ns_p50),
-            ("0.99", st.apply_ns_p99),
-            ("0.999", st.apply_ns_p999),
-            ("1", st.apply_ns_max),
-        ] {
-            let _ = writeln!(
-                out,
-                "polybook_apply_latency_ns{{shard=\"{}\",quantile=\"{q}\"}} {v}",
-                st.shard
-            );
         }
     }
     family(&mut out, "shard_up", "gauge", "1 if the shard answered this scrape");
