@@ -195,11 +195,17 @@ impl Default for Lifecycle {
 pub struct Api {
     pub listen: String,
     pub ws_client_buffer_max: usize,
+    /// HTTP requests per second per client address; more get 429.
+    pub requests_per_s_max: u32,
 }
 
 impl Default for Api {
     fn default() -> Self {
-        Api { listen: "127.0.0.1:8080".into(), ws_client_buffer_max: 1024 }
+        Api {
+            listen: "127.0.0.1:8080".into(),
+            ws_client_buffer_max: 1024,
+            requests_per_s_max: 1000,
+        }
     }
 }
 
@@ -307,6 +313,7 @@ impl Config {
             invalid("api.listen", &self.api.listen, &format!("not an address:port: {e}"))
         })?;
         in_range("api.ws_client_buffer_max", self.api.ws_client_buffer_max, 1, 1 << 20)?;
+        in_range("api.requests_per_s_max", self.api.requests_per_s_max, 1, 1_000_000)?;
         let sel = &self.selection;
         for (key, v) in [
             ("selection.volume_min", sel.volume_min),

@@ -339,3 +339,23 @@ fn api_markets_and_metrics() {
     engine.stop();
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn api_rate_limit_answers_429() {
+    let mut c = polybook_shards::config::Config::default();
+    c.endpoints.gamma_url = "http://127.0.0.1:1".into();
+    c.layout.data_cores = DataCores::List(vec![0]);
+    c.api.listen = "127.0.0.1:0".into();
+    c.api.requests_per_s_max = 5;
+    c.log.progress_interval_ms = 0;
+    let engine = engine::start(&c.validate().unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{}/markets", engine.api_addr());
+    let statuses: Vec<u16> = (0..20).map(|_| get(&url).0).collect();
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 5, "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // A new window admits requests again.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&url).0, 200);
+    engine.stop();
+}

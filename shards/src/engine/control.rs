@@ -31,6 +31,8 @@ pub struct ControlConfig {
     pub api_listen: String,
     /// Messages queued per `/ws` client before it is dropped as too slow.
     pub ws_client_buffer: usize,
+    /// HTTP requests per second per client address.
+    pub requests_per_s_max: u32,
     pub resolved_grace: Duration,
     pub recycle: RecycleLimits,
     pub recycle_check: Duration,
@@ -126,9 +128,18 @@ pub async fn run(
         stopping: stopping.clone(),
     });
     let hub = glommio::spawn_local(hub_loop(Rc::clone(&live), streams)).detach();
-    let api = glommio::spawn_local(
-        server.serve(Rc::new(Api { control: Rc::clone(&control), live }), api_stop.clone()),
-    )
+    let api = glommio::spawn_local(server.serve(
+        Rc::new(Api {
+            limiter: RefCell::new(RateLimiter {
+                per_s: control.borrow().cfg.requests_per_s_max,
+                windows: HashMap::new(),
+                refused: 0,
+            }),
+            control: Rc::clone(&control),
+            live,
+        }),
+        api_stop.clone(),
+    ))
     .detach();
     let disc = glommio::spawn_local(discovery_loop(Rc::clone(&control), stopping.clone())).detach();
     let rep =
@@ -523,6 +534,34 @@ const WEB_CSS: &str = include_str!("web/app.css");
 struct Api {
     control: ControlRef,
     live: Rc<Streams>,
+    limiter: RefCell<RateLimiter>,
+}
+
+/// Fixed one-second windows per client address: simple, and enough to keep one client from
+/// monopolising the control shard.
+struct RateLimiter {
+    per_s: u32,
+    windows: HashMap<std::net::IpAddr, (Instant, u32)>,
+    refused: u64,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, ip: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = ip else { return true };
+        if self.windows.len() > 10_000 {
+            self.windows.retain(|_, (t, _)| t.elapsed() < Duration::from_secs(1));
+        }
+        let w = self.windows.entry(ip).or_insert((Instant::now(), 0));
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        w.1 += 1;
+        let ok = w.1 <= self.per_s;
+        if !ok {
+            self.refused += 1;
+        }
+        ok
+    }
 }
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -555,6 +594,11 @@ impl Handler for Api {
         &self,
         req: &Request,
     ) -> Option<futures_util::future::LocalBoxFuture<'static, Response>> {
+        if !self.limiter.borrow_mut().allow(req.peer.map(|p| p.ip())) {
+            return Some(Box::pin(async {
+                Response::error(429, "too many requests").with_header("retry-after", "1")
+            }));
+        }
         if req.method == "POST" && req.path == "/admin/markets" {
             if !req.peer.is_some_and(|p| p.ip().is_loopback()) {
                 return Some(Box::pin(async {

@@ -225,6 +225,7 @@ fn start_with(
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
         api_listen: cfg.api.listen.clone(),
         ws_client_buffer: cfg.api.ws_client_buffer_max,
+        requests_per_s_max: cfg.api.requests_per_s_max,
         resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
         progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
         recycle: polybook::policy::RecycleLimits {
