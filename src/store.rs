@@ -513,18 +513,19 @@ impl BookStore {
             }
             let old = book.set_level(entry.side, entry.price, entry.size);
             book.set_timestamp(ts);
-            let venue = entry.hash.as_deref().and_then(parse_hex);
-            if venue.is_some() {
-                book.set_venue_hash(venue);
-            }
             let update =
                 BookUpdate::Level { side: entry.side, price: entry.price, size: entry.size, old };
             sink.on_update(&update, book);
-            // A burst of entries for one token shares the hash of the book after the last one.
+            // A burst of entries for one token shares the hash of the book after the last one,
+            // so only the last entry's hash is decoded and checked.
             let last_for_token =
                 !e.changes[i + 1..].iter().any(|later| later.asset_id == entry.asset_id);
             if !last_for_token {
                 continue;
+            }
+            let venue = entry.hash.as_deref().and_then(parse_hex);
+            if venue.is_some() {
+                book.set_venue_hash(venue);
             }
             let mut verdicts = [None, None];
             if entry.best_bid.is_some() || entry.best_ask.is_some() {
