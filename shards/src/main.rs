@@ -214,7 +214,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = builder.start()?;
             println!("polybook demo: simulated exchange on {}", handle.http_url());
             println!(
-                "polybook demo: API on http://{}  (try /stats, /health, /books/TOKEN_ID)",
+                "polybook demo: open http://{}/ for live books (API: /stats, /health, /markets, \
+                 /books/TOKEN_ID, /metrics, ws /ws)",
                 engine.api_addr()
             );
             println!(
