@@ -441,6 +441,7 @@ mod tests {
         let asks: Vec<Level> =
             (1..=20).rev().map(|i| Level::new(Price(500_000 + i * 10_000), z("100"))).collect();
         assert_eq!(b.replace(&bids, &asks, 1), Ok(()));
+        eprintln!("20-level-per-side book: {} bytes", b.memory_bytes());
         assert!(b.memory_bytes() < 2048, "book uses {} bytes", b.memory_bytes());
         // And after churn through set_level, which may grow capacity.
         for i in 0..20 {
