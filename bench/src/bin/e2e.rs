@@ -21,6 +21,15 @@
 //!    until every book is live, and the RSS the engine added (VmRSS before engine start vs
 //!    after all books live). Here the simulator runs in a child process (this binary with
 //!    `--sim-child`), so the RSS delta is the engine's alone.
+//! 4. **api** (`--full` or `--only api`): API under load. Two steps at a steady rate (2,000
+//!    markets, 1 data shard, 20,000 events/s): without API clients, then with 8 HTTP clients
+//!    (threads) asking for `/books/{token}?depth=10` and 4 WebSocket clients on `/ws` (50 tokens
+//!    each). Reports HTTP queries/s and latency, WS messages/s, and the engine's frames/s and
+//!    apply latency in both steps.
+//!
+//! `--soak MINUTES` (only that, never part of `--quick`/`--full`): the same steady rate with the
+//! simulator's random faults on; RSS and books by status printed every minute; at the end the
+//! simulator is paused and every book compared with the truth.
 //!
 //! Everything shares this machine's CPUs (the simulator generating and hashing frames, the
 //! engine, the harness polling, and anything else running): each measurement first waits a
@@ -39,7 +48,9 @@ use polybook::protocol::encode::{subscribe_frames, SubscribeOp};
 use polybook_shards::config::{Config, DataCores, ValidConfig};
 use polybook_shards::engine::{self, EngineHandle};
 use polybook_shards::net::{connect_ws_with, ConnectOptions, Message, WebSocketConfig};
-use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig, SimServerHandle};
+use polybook_shards::sim_server::{
+    spawn_sim_server, RandomFaults, SimServerConfig, SimServerHandle,
+};
 use serde_json::{json, Value};
 
 /// A simulator rate this high means "as fast as the simulator's core can generate".
@@ -75,6 +86,8 @@ struct Plan {
     sim_cpu: Option<Option<usize>>,
     /// WebSocket read buffer of the plain wire client (None: tungstenite's 128 KiB default).
     client_read_buffer: Option<usize>,
+    /// `--soak MINUTES`: run only the soak (steady rate, random faults) for this long.
+    soak_minutes: Option<f64>,
     out: String,
 }
 
@@ -93,6 +106,7 @@ impl Plan {
             scale_verify: 2_000,
             sim_cpu: None,
             client_read_buffer: None,
+            soak_minutes: None,
             out: default_out(),
         }
     }
@@ -100,7 +114,7 @@ impl Plan {
     fn full() -> Plan {
         Plan {
             mode: "full",
-            phases: vec!["wire".into(), "engine".into(), "scale".into()],
+            phases: vec!["wire".into(), "engine".into(), "scale".into(), "api".into()],
             markets: vec![10_000, 50_000],
             rates: vec![10_000.0, 50_000.0, 80_000.0, RATE_MAX],
             shards: vec![1, 2],
@@ -111,6 +125,7 @@ impl Plan {
             scale_verify: 5_000,
             sim_cpu: None,
             client_read_buffer: None,
+            soak_minutes: None,
             out: default_out(),
         }
     }
@@ -120,7 +135,8 @@ fn default_out() -> String {
     format!("{}/../target/bench-e2e.json", env!("CARGO_MANIFEST_DIR"))
 }
 
-const USAGE: &str = "usage: polybook-e2e-bench [--quick|--full] [--only wire,engine,scale] \
+const USAGE: &str =
+    "usage: polybook-e2e-bench [--quick|--full] [--only wire,engine,scale,api] [--soak MINUTES] \
 [--markets N,N] [--rates R,R|max] [--shards 1,2] [--window SECS] [--quiet-wait SECS] [--verify N] \
 [--scale-markets N] [--sim-cpu N|none] [--client-read-buffer-kib N] [--out FILE]";
 
@@ -162,6 +178,14 @@ fn parse_args() -> Result<Plan> {
             "--verify" => plan.verify_max = list(&val()?, "--verify")?[0],
             "--scale-markets" => plan.scale_markets = list(&val()?, "--scale-markets")?[0],
             "--out" => plan.out = val()?,
+            "--soak" => {
+                let m = list::<f64>(&val()?, "--soak")?[0];
+                if m.is_nan() || m <= 0.0 {
+                    bail!("--soak: minutes must be > 0");
+                }
+                plan.soak_minutes = Some(m);
+                plan.mode = "soak";
+            }
             "--sim-cpu" => {
                 let v = val()?;
                 plan.sim_cpu =
@@ -179,7 +203,7 @@ fn parse_args() -> Result<Plan> {
         }
     }
     for p in &plan.phases {
-        if !["wire", "engine", "scale"].contains(&p.as_str()) {
+        if !["wire", "engine", "scale", "api"].contains(&p.as_str()) {
             bail!("unknown phase {p:?}\n{USAGE}");
         }
     }
@@ -424,6 +448,15 @@ fn cpus() -> usize {
 }
 
 fn start_sim(markets: usize, rate: f64, cpu: Option<usize>) -> Result<SimServerHandle> {
+    start_sim_faults(markets, rate, cpu, None)
+}
+
+fn start_sim_faults(
+    markets: usize,
+    rate: f64,
+    cpu: Option<usize>,
+    random_faults: Option<RandomFaults>,
+) -> Result<SimServerHandle> {
     spawn_sim_server(SimServerConfig {
         listen: "127.0.0.1:0".into(),
         seed: SEED,
@@ -431,6 +464,7 @@ fn start_sim(markets: usize, rate: f64, cpu: Option<usize>) -> Result<SimServerH
         rate,
         start_paused: true,
         cpu,
+        random_faults,
         ..SimServerConfig::default()
     })
     .map_err(|e| anyhow!("simulator: {e}"))
@@ -1224,6 +1258,347 @@ fn scale(h: &Http, markets: usize, verify_n: usize) -> Result<Value> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// phase 4: API under load
+// ---------------------------------------------------------------------------------------------
+
+/// Markets, simulator rate and data shards of the API phase and the soak.
+const API_MARKETS: usize = 2_000;
+const API_RATE: f64 = 20_000.0;
+/// Concurrent HTTP clients (threads, one keep-alive connection each) asking for books.
+const API_HTTP_CLIENTS: usize = 8;
+/// WebSocket clients on `/ws`, each subscribed to `API_WS_TOKENS` tokens.
+const API_WS_CLIENTS: usize = 4;
+const API_WS_TOKENS: usize = 50;
+/// Upper bound on requests per HTTP client (the loop also ends with the window).
+const API_HTTP_MAX_PER_CLIENT: usize = 5_000_000;
+
+/// One WebSocket client of the engine's `/ws`: subscribes `tokens` and counts text messages.
+async fn api_ws_conn(url: String, tokens: Vec<String>, c: Arc<WireCounters>) {
+    let Ok(mut ws) = connect_ws_with(&url, &ConnectOptions::default()).await else {
+        c.conns_ended.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let sub = json!({ "op": "subscribe", "tokens": tokens }).to_string();
+    if ws.send(Message::text(sub)).await.is_ok() {
+        c.conns_up.fetch_add(1, Ordering::Relaxed);
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    c.frames.fetch_add(1, Ordering::Relaxed);
+                    c.bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    }
+    c.conns_ended.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Per HTTP client: request latencies (ns) and non-200 answers or errors.
+#[derive(Default)]
+struct HttpLoad {
+    lat_ns: Vec<u64>,
+    /// Transport errors.
+    errors: u64,
+    /// Answers other than 200 (404: a market resolved during the run), by status.
+    statuses: BTreeMap<u16, u64>,
+}
+
+/// One HTTP client: `/books/{token}?depth=10` for random tokens until `stop` (bounded).
+fn http_client(api: &str, tokens: &[String], seed: u64, stop: &AtomicBool) -> HttpLoad {
+    let h = Http::new();
+    let mut out = HttpLoad::default();
+    let mut x = seed | 1;
+    for _ in 0..API_HTTP_MAX_PER_CLIENT {
+        if stop.load(Ordering::Relaxed) || tokens.is_empty() {
+            break;
+        }
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let tok = &tokens[(x % tokens.len() as u64) as usize];
+        let url = format!("{api}/books/{tok}?depth=10");
+        let t = Instant::now();
+        let status = match h.agent.get(&url).call() {
+            Ok(mut r) => r.body_mut().read_to_string().ok().map(|_| r.status().as_u16()),
+            Err(_) => None,
+        };
+        out.lat_ns.push(t.elapsed().as_nanos() as u64);
+        match status {
+            Some(200) => {}
+            Some(s) => *out.statuses.entry(s).or_insert(0) += 1,
+            None => out.errors += 1,
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i]
+}
+
+/// One API step: a fresh simulator and engine (1 data shard) at `API_RATE`; with `load`, HTTP
+/// and WebSocket clients query the engine during the measurement window.
+fn api_step(h: &Http, load: bool, plan: &Plan) -> Result<Value> {
+    let (markets, rate) = (API_MARKETS, API_RATE);
+    let p = placing(1, plan.sim_cpu);
+    let sim = start_sim(markets, rate, p.sim)?;
+    let base = sim.http_url();
+    let cfg = engine_config(&base, &sim.ws_url(), &p)?;
+    let (engine, api) = start_engine(&cfg)?;
+    let ws_url = format!("ws://{}/ws", engine.api_addr());
+    let result = (|| -> Result<Value> {
+        let want = 2 * markets as u64;
+        wait_for("all books live", Duration::from_secs(300), || settled(h, &api, want))?;
+        let tokens: Vec<String> = markets_tokens(h, &base)?.into_iter().flatten().collect();
+        let quiet = wait_quiet(plan.quiet_wait);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ws_counters = Arc::new(WireCounters::default());
+        let mut ws_exec = None;
+        if load {
+            let groups: Vec<Vec<String>> = (0..API_WS_CLIENTS)
+                .map(|i| {
+                    tokens.iter().skip(i * API_WS_TOKENS).take(API_WS_TOKENS).cloned().collect()
+                })
+                .collect();
+            let (c2, stop2, url) = (Arc::clone(&ws_counters), Arc::clone(&stop), ws_url.clone());
+            ws_exec = Some(
+                LocalExecutorBuilder::new(Placement::Unbound)
+                    .name("api-ws-client")
+                    .spawn(move || async move {
+                        for ids in groups {
+                            glommio::spawn_local(api_ws_conn(url.clone(), ids, Arc::clone(&c2)))
+                                .detach();
+                        }
+                        while !stop2.load(Ordering::Relaxed) {
+                            glommio::timer::sleep(Duration::from_millis(20)).await;
+                        }
+                    })
+                    .map_err(|e| anyhow!("ws client executor: {e}"))?,
+            );
+            wait_for("ws clients subscribed", Duration::from_secs(30), || {
+                let up = ws_counters.conns_up.load(Ordering::Relaxed);
+                if up == API_WS_CLIENTS as u64 {
+                    Ok(())
+                } else {
+                    Err(format!("{up}/{API_WS_CLIENTS} ws clients"))
+                }
+            })?;
+        }
+        let s0 = h.get_ok(&format!("{api}/stats"))?;
+        let w0 = ws_counters.frames.load(Ordering::Relaxed);
+        let cpu0 = cpu_snapshot();
+        let t0 = Instant::now();
+        h.post(&format!("{base}/sim/resume"))?;
+        let loads: Vec<HttpLoad> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..if load { API_HTTP_CLIENTS } else { 0 })
+                .map(|i| {
+                    let (api, tokens, stop) = (api.as_str(), tokens.as_slice(), &*stop);
+                    std::thread::Builder::new()
+                        .name(format!("api-http-{i}"))
+                        .spawn_scoped(sc, move || {
+                            http_client(api, tokens, 0x9E37_79B9_7F4A_7C15 ^ i as u64, stop)
+                        })
+                })
+                .collect();
+            std::thread::sleep(plan.window);
+            stop.store(true, Ordering::Relaxed);
+            handles
+                .into_iter()
+                .map(|j| j.ok().and_then(|j| j.join().ok()).unwrap_or_default())
+                .collect()
+        });
+        let s1 = h.get_ok(&format!("{api}/stats"))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_delta(&cpu0, &cpu_snapshot());
+        let w1 = ws_counters.frames.load(Ordering::Relaxed);
+        let ws_ended = ws_counters.conns_ended.load(Ordering::Relaxed);
+        if let Some(x) = ws_exec.take() {
+            let _ = x.join();
+        }
+        warn_foreign(&cpu, secs);
+        pause_until_at_rest(h, &base, Duration::from_secs(120))?;
+        let (_, unsettled) = engine_at_rest(h, &base, &api, Duration::from_secs(60))?;
+        let v = verify(h, &base, &api, markets, plan.verify_max)?;
+        let mut lat: Vec<u64> = loads.iter().flat_map(|l| l.lat_ns.iter().copied()).collect();
+        lat.sort_unstable();
+        let errors: u64 = loads.iter().map(|l| l.errors).sum();
+        let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+        for (st, n) in loads.iter().flat_map(|l| l.statuses.iter()) {
+            *statuses.entry(st.to_string()).or_insert(0) += n;
+        }
+        let frames = u(&s1["totals"]["frames"]).saturating_sub(u(&s0["totals"]["frames"]));
+        Ok(json!({
+            "load": load,
+            "markets": markets,
+            "data_shards": 1,
+            "rate_target": rate_label(rate),
+            "http_clients": if load { API_HTTP_CLIENTS } else { 0 },
+            "ws_clients": if load { API_WS_CLIENTS } else { 0 },
+            "ws_tokens_per_client": API_WS_TOKENS,
+            "window_secs": secs,
+            "other_processes_share_before": quiet,
+            "other_processes_share": other_share(&cpu, secs),
+            "http_queries": lat.len(),
+            "http_queries_per_s": lat.len() as f64 / secs,
+            "http_errors": errors,
+            "http_non_200": statuses,
+            "http_latency_ns": {
+                "p50": percentile(&lat, 0.50),
+                "p99": percentile(&lat, 0.99),
+                "max": lat.last().copied().unwrap_or(0),
+            },
+            "ws_messages": w1.saturating_sub(w0),
+            "ws_messages_per_s": w1.saturating_sub(w0) as f64 / secs,
+            "ws_connections_ended": ws_ended,
+            "frames_per_s": frames as f64 / secs,
+            "apply_ns": {
+                "p50": shard_max(&s1["shards"], "apply_ns_p50"),
+                "p99": shard_max(&s1["shards"], "apply_ns_p99"),
+                "p999": shard_max(&s1["shards"], "apply_ns_p999"),
+                "max": shard_max(&s1["shards"], "apply_ns_max"),
+                "note": "cumulative since engine start (includes the opening dumps)",
+            },
+            "cpu_ms": cpu_ms_json(&cpu),
+            "unsettled": unsettled,
+            "verify": verify_json(&v),
+        }))
+    })();
+    engine.stop();
+    sim.stop().map_err(|e| anyhow!("simulator stop: {e}"))?;
+    result
+}
+
+fn print_api(s: &Value) {
+    println!(
+        "api   load {:5}  engine {} frames/s  apply p50/p99/p99.9 {}/{}/{} us  | HTTP {} clients: {} q/s, p50 {} us, p99 {} us, errors {}, non-200 {}  | WS {} clients: {} msg/s  | verified {} mismatches {}  | other processes {}",
+        s["load"].as_bool().unwrap_or(false),
+        k(f(&s["frames_per_s"])),
+        us(&s["apply_ns"]["p50"]),
+        us(&s["apply_ns"]["p99"]),
+        us(&s["apply_ns"]["p999"]),
+        u(&s["http_clients"]),
+        k(f(&s["http_queries_per_s"])),
+        us(&s["http_latency_ns"]["p50"]),
+        us(&s["http_latency_ns"]["p99"]),
+        u(&s["http_errors"]),
+        s["http_non_200"],
+        u(&s["ws_clients"]),
+        k(f(&s["ws_messages_per_s"])),
+        u(&s["verify"]["compared"]),
+        u(&s["verify"]["mismatches"]),
+        pct(f(&s["other_processes_share"])),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// soak: steady rate with random faults, RSS and book states every minute
+// ---------------------------------------------------------------------------------------------
+
+/// Random faults per minute during the soak.
+const SOAK_FAULTS_PER_MINUTE: f64 = 4.0;
+
+fn soak(h: &Http, minutes: f64, plan: &Plan) -> Result<Value> {
+    let (markets, rate) = (API_MARKETS, API_RATE);
+    let p = placing(1, plan.sim_cpu);
+    let faults = RandomFaults { seed: SEED, per_minute: SOAK_FAULTS_PER_MINUTE };
+    let sim = start_sim_faults(markets, rate, p.sim, Some(faults))?;
+    let base = sim.http_url();
+    let cfg = engine_config(&base, &sim.ws_url(), &p)?;
+    let (engine, api) = start_engine(&cfg)?;
+    let result = (|| -> Result<Value> {
+        let want = 2 * markets as u64;
+        wait_for("all books live", Duration::from_secs(300), || settled(h, &api, want))?;
+        let total = Duration::from_secs_f64(minutes * 60.0);
+        let t0 = Instant::now();
+        h.post(&format!("{base}/sim/resume"))?;
+        let mut samples = Vec::new();
+        let mut last_frames = u(&h.get_ok(&format!("{api}/stats"))?["totals"]["frames"]);
+        let mut last_t = t0;
+        let mut n = 1u32;
+        // Bounded: one sample per minute (the last at the end of the soak).
+        while last_t.duration_since(t0) < total && n <= 100_000 {
+            let due = (Duration::from_secs(60) * n).min(total);
+            std::thread::sleep(due.saturating_sub(t0.elapsed()));
+            n += 1;
+            let s = h.get_ok(&format!("{api}/stats"))?;
+            let st = h.get_ok(&format!("{base}/sim/status"))?;
+            let now = Instant::now();
+            let t = &s["totals"];
+            let frames = u(&t["frames"]);
+            let fps = frames.saturating_sub(last_frames) as f64
+                / now.duration_since(last_t).as_secs_f64().max(1e-3);
+            (last_frames, last_t) = (frames, now);
+            let sample = json!({
+                "minute": now.duration_since(t0).as_secs_f64() / 60.0,
+                "rss_bytes": rss(),
+                "frames_per_s": fps,
+                "books": u(&t["books"]),
+                "books_live": u(&t["books_live"]),
+                "books_resolved": u(&t["books_resolved"]),
+                "books_seeding": u(&t["books_seeding"]),
+                "books_suspect": u(&t["books_suspect"]),
+                "books_resyncing": u(&t["books_resyncing"]),
+                "reconnects": u(&t["reconnects"]),
+                "resyncs": u(&t["resyncs"]),
+                "hash_mismatches": u(&t["hash_mismatches"]),
+                "sim_faults": st["faults"].clone(),
+            });
+            println!(
+                "soak  {:5.1} min  RSS {:.1} MiB  {} frames/s  books {} live {} resolved {} seeding {} suspect {} resyncing {}  reconnects {} resyncs {} hash mismatches {}  sim faults {}",
+                f(&sample["minute"]),
+                f(&sample["rss_bytes"]) / 1048576.0,
+                k(fps),
+                u(&sample["books"]),
+                u(&sample["books_live"]),
+                u(&sample["books_resolved"]),
+                u(&sample["books_seeding"]),
+                u(&sample["books_suspect"]),
+                u(&sample["books_resyncing"]),
+                u(&sample["reconnects"]),
+                u(&sample["resyncs"]),
+                u(&sample["hash_mismatches"]),
+                st["faults"],
+            );
+            samples.push(sample);
+        }
+        let drain = pause_until_at_rest(h, &base, Duration::from_secs(120))?;
+        let (settle, unsettled) = engine_at_rest(h, &base, &api, Duration::from_secs(120))?;
+        let v = verify(h, &base, &api, markets, plan.verify_max)?;
+        println!(
+            "soak  end: drain {:.1} s, settle {:.1} s; verified {} books, mismatches {}{}",
+            drain.as_secs_f64(),
+            settle.as_secs_f64(),
+            v.compared,
+            v.mismatches,
+            if v.examples.is_empty() { String::new() } else { format!(" {:?}", v.examples) },
+        );
+        Ok(json!({
+            "markets": markets,
+            "data_shards": 1,
+            "rate_target": rate_label(rate),
+            "random_faults_per_minute": SOAK_FAULTS_PER_MINUTE,
+            "minutes": minutes,
+            "samples": samples,
+            "rss_note": "VmRSS of this process: simulator, engine and harness",
+            "drain_secs_after_pause": drain.as_secs_f64(),
+            "engine_settle_secs": settle.as_secs_f64(),
+            "unsettled": unsettled,
+            "verify": verify_json(&v),
+        }))
+    })();
+    engine.stop();
+    sim.stop().map_err(|e| anyhow!("simulator stop: {e}"))?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
 // report
 // ---------------------------------------------------------------------------------------------
 
@@ -1347,6 +1722,14 @@ fn print_scale(s: &Value) {
     );
 }
 
+fn write_out(path: &str, out: &Value) -> Result<()> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(out)?;
+    std::fs::write(path, text).with_context(|| format!("write {path}"))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--sim-child") {
@@ -1362,6 +1745,23 @@ fn main() -> Result<()> {
         cpus()
     );
     let has = |p: &str| plan.phases.iter().any(|x| x == p);
+
+    if let Some(minutes) = plan.soak_minutes {
+        let s = soak(&h, minutes, &plan)?;
+        let mismatches = u(&s["verify"]["mismatches"]);
+        let out = json!({ "mode": "soak", "machine": mach, "soak": s,
+            "mismatches_total": mismatches, "total_secs": started.elapsed().as_secs_f64() });
+        write_out(&plan.out, &out)?;
+        println!(
+            "soak total {:.0} s; books differing from the truth: {mismatches}; results in {}",
+            started.elapsed().as_secs_f64(),
+            plan.out
+        );
+        if mismatches > 0 {
+            bail!("{mismatches} books differ from the truth");
+        }
+        return Ok(());
+    }
 
     // Scale first, while this process is fresh: memory freed by earlier phases would be
     // reused by the engine and hide part of its footprint from the RSS delta.
@@ -1399,7 +1799,28 @@ fn main() -> Result<()> {
         }
     }
 
+    let mut api_steps = Vec::new();
+    if has("api") {
+        for load in [false, true] {
+            let s = api_step(&h, load, &plan).with_context(|| format!("api step, load {load}"))?;
+            print_api(&s);
+            api_steps.push(s);
+        }
+        if let [a, b] = api_steps.as_slice() {
+            println!(
+                "api   with load vs without: engine frames/s {} -> {}, apply p50 {} -> {} us, p99 {} -> {} us",
+                k(f(&a["frames_per_s"])),
+                k(f(&b["frames_per_s"])),
+                us(&a["apply_ns"]["p50"]),
+                us(&b["apply_ns"]["p50"]),
+                us(&a["apply_ns"]["p99"]),
+                us(&b["apply_ns"]["p99"]),
+            );
+        }
+    }
+
     let mismatches: u64 = steps.iter().map(|s| u(&s["verify"]["mismatches"])).sum::<u64>()
+        + api_steps.iter().map(|s| u(&s["verify"]["mismatches"])).sum::<u64>()
         + u(&scale_out["verify"]["mismatches"]);
     let out = json!({
         "mode": plan.mode,
@@ -1409,14 +1830,11 @@ fn main() -> Result<()> {
         "wire": wire,
         "engine": steps,
         "scale": scale_out,
+        "api": api_steps,
         "mismatches_total": mismatches,
         "total_secs": started.elapsed().as_secs_f64(),
     });
-    if let Some(dir) = std::path::Path::new(&plan.out).parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(&out)?;
-    std::fs::write(&plan.out, text).with_context(|| format!("write {}", plan.out))?;
+    write_out(&plan.out, &out)?;
     println!(
         "total {:.0} s; books differing from the truth: {mismatches}; results in {}",
         started.elapsed().as_secs_f64(),
