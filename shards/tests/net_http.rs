@@ -2,16 +2,16 @@
 //! shutdown, through the crate's own client and through raw sockets where a test needs bytes
 //! the client would never send.
 
+mod common;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::{LocalExecutorBuilder, Placement};
 use polybook_shards::net::{
     http_get, http_post_json, http_request, ConnectOptions, Handler, HttpConnection, NetError,
     Request, Response, Server, ServerConfig, Shutdown,
@@ -20,23 +20,7 @@ use serde_json::{json, Value};
 
 /// Runs `f` on a fresh executor; a hang fails the test instead of blocking the suite.
 fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F) {
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(128 << 10)
-        .make()
-        .unwrap_or_else(|e| panic!("executor: {e}"));
-    ex.run(async move {
-        let finished = or(
-            async {
-                f().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(Duration::from_secs(60)).await;
-                false
-            },
-        );
-        assert!(finished.await, "test timed out");
-    });
+    common::run_on_executor(Duration::from_secs(60), f)
 }
 
 #[derive(Default)]

@@ -2,6 +2,8 @@
 //! batched writes, a frame that arrives in the same packet as the upgrade request, refused
 //! upgrades, client errors, shutdown of open sockets, and wss:// with a self-signed certificate.
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,7 +18,6 @@ use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDe
 use futures_rustls::rustls::RootCertStore;
 use futures_util::{SinkExt, StreamExt};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorBuilder, Placement};
 use polybook_shards::net::{
     connect_ws, connect_ws_with, tls_config_with_roots, websocket_accept_key, ws_task,
     ConnectOptions, Handler, Message, NetError, Request, Response, Server, ServerConfig, ServerWs,
@@ -25,23 +26,7 @@ use polybook_shards::net::{
 
 /// Runs `f` on a fresh executor; a hang fails the test instead of blocking the suite.
 fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F) {
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(128 << 10)
-        .make()
-        .unwrap_or_else(|e| panic!("executor: {e}"));
-    ex.run(async move {
-        let finished = or(
-            async {
-                f().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(Duration::from_secs(60)).await;
-                false
-            },
-        );
-        assert!(finished.await, "test timed out");
-    });
+    common::run_on_executor(Duration::from_secs(60), f)
 }
 
 /// Echoes text and binary frames, batching writes the way the simulator must: `feed` each echo

@@ -7,6 +7,8 @@
 //! talks to it from a fresh executor on the test thread. Nothing asserts on timing: waits poll
 //! with generous deadlines.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,10 +16,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Error as WsError;
-use futures_lite::future::or;
 use futures_util::StreamExt;
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::{LocalExecutorBuilder, Placement};
 use polybook::book::TokenMeta;
 use polybook::protocol::encode::{subscribe_frame, SubscribeOp};
 use polybook::protocol::gamma::parse_keyset_page;
@@ -42,23 +42,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Runs `f` on a fresh executor; a hang fails the test instead of blocking the suite.
 fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F) {
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(128 << 10)
-        .make()
-        .unwrap_or_else(|e| panic!("executor: {e}"));
-    ex.run(async move {
-        let finished = or(
-            async {
-                f().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(Duration::from_secs(90)).await;
-                false
-            },
-        );
-        assert!(finished.await, "test timed out");
-    });
+    common::run_on_executor(Duration::from_secs(90), f)
 }
 
 /// A paused server with a fixed clock; `f` adjusts the rest.

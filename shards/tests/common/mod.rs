@@ -157,3 +157,28 @@ pub fn wait_at_rest(base: &str) {
         }
     });
 }
+
+/// Runs `f` on a fresh glommio executor; a hang past `limit` fails the test instead of
+/// blocking the suite.
+pub fn run_on_executor<F: std::future::Future<Output = ()> + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> F,
+) {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(128 << 10)
+        .make()
+        .unwrap_or_else(|e| panic!("executor: {e}"));
+    ex.run(async move {
+        let finished = futures_lite::future::or(
+            async {
+                f().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(limit).await;
+                false
+            },
+        );
+        assert!(finished.await, "test timed out");
+    });
+}
