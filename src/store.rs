@@ -275,11 +275,9 @@ impl BookStore {
         if !tokens.contains(&token) {
             tokens.push(token.clone());
         }
-        let mut full = self.config.default_meta;
-        full.tick_size = meta.tick_size.or(full.tick_size);
-        full.min_order_size = meta.min_order_size.or(full.min_order_size);
-        full.neg_risk = meta.neg_risk.or(full.neg_risk);
-        self.books.insert(token.clone(), Book::new(token, market, full));
+        let mut book = Book::new(token.clone(), market, self.config.default_meta);
+        book.merge_meta(meta);
+        self.books.insert(token, book);
     }
 
     /// Stops tracking a token; returns its book.

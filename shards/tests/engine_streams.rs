@@ -34,6 +34,11 @@ struct StreamBook {
     gaps: u64,
 }
 
+/// The socket's read timeout expired (no message yet), as opposed to the stream ending.
+fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
 fn units(p: &str) -> u64 {
     polybook::Price::parse(p).map(|p| u64::from(p.units())).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
@@ -99,11 +104,7 @@ fn drain(
                 last = Instant::now();
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if read_timed_out(&e) => {}
             Err(e) => panic!("stream ended: {e}"),
         }
     }
@@ -207,11 +208,7 @@ fn slow_ws_client_is_dropped_and_books_stay_exact() {
                 break;
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if read_timed_out(&e) => {}
             Err(_) => {
                 ended = true;
                 break;

@@ -636,6 +636,12 @@ impl<'a> Cursor<'a> {
 
     /// `price_changes`: an array of entries.
     fn entries(&mut self) -> Option<Vec<PriceChangeEntry<'a>>> {
+        self.array(Self::entry)
+    }
+
+    /// `[item, item, ...]`, each item read by `item`; None if any is not understood.
+    #[inline]
+    fn array<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         self.eat(b'[')?;
         self.ws();
         let mut out = Vec::new();
@@ -643,7 +649,7 @@ impl<'a> Cursor<'a> {
             return Some(out);
         }
         loop {
-            out.push(self.entry()?);
+            out.push(item(self)?);
             if !self.more(b']')? {
                 return Some(out);
             }
@@ -697,18 +703,7 @@ impl<'a> Cursor<'a> {
 
     /// `bids` / `asks`: an array of `{"price","size"}` levels.
     fn levels(&mut self) -> Option<Vec<Level>> {
-        self.eat(b'[')?;
-        self.ws();
-        let mut out = Vec::new();
-        if self.eat(b']').is_some() {
-            return Some(out);
-        }
-        loop {
-            out.push(self.level()?);
-            if !self.more(b']')? {
-                return Some(out);
-            }
-        }
+        self.array(Self::level)
     }
 
     /// A level with exactly `price` and `size` (serde ignores other keys without counting them,

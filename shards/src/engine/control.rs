@@ -373,7 +373,9 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
     // Presence counts before selection, so a market added by hand stays while it is open.
     let seen: hashbrown::HashSet<MarketId> =
         markets.iter().map(|m| m.condition_id.clone()).collect();
-    for m in markets.into_iter().filter(|m| selected(&c.cfg.selection, m)) {
+    let chosen: Vec<GammaMarket> =
+        markets.into_iter().filter(|m| selected(&c.cfg.selection, m)).collect();
+    for m in chosen {
         if let Some(e) = c.registry.get_mut(m.condition_id.as_str()) {
             if e.state == Lifecycle::Closed {
                 // Listed open again (Gamma flapped): subscribe again.
@@ -384,14 +386,7 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
             continue;
         }
         let shard = shard_for(m.condition_id.as_str(), n);
-        track[shard].push(spec_of(&m));
-        for t in &m.tokens {
-            c.tokens.insert(t.clone(), m.condition_id.clone());
-        }
-        c.registry.insert(
-            m.condition_id.clone(),
-            Entry { market: m, shard, state: Lifecycle::Active, since: Instant::now() },
-        );
+        track[shard].push(register(c, m, shard));
     }
     let mut out: ShardCommands = Vec::new();
     if !truncated {
@@ -431,6 +426,20 @@ fn selected(sel: &Selection, m: &GammaMarket) -> bool {
     listed
         && m.volume.unwrap_or(0.0) >= sel.volume_min
         && m.liquidity.unwrap_or(0.0) >= sel.liquidity_min
+}
+
+/// Adds an active market to the registry and its token index; returns what its shard must
+/// track.
+fn register(c: &mut Control, m: GammaMarket, shard: usize) -> MarketSpec {
+    let spec = spec_of(&m);
+    for t in &m.tokens {
+        c.tokens.insert(t.clone(), m.condition_id.clone());
+    }
+    c.registry.insert(
+        m.condition_id.clone(),
+        Entry { market: m, shard, state: Lifecycle::Active, since: Instant::now() },
+    );
+    spec
 }
 
 fn spec_of(m: &GammaMarket) -> MarketSpec {
@@ -724,14 +733,7 @@ async fn add_market(control: &ControlRef, a: AdminMarket) -> Response {
             {
                 continue;
             }
-            track[shard].push(spec_of(&m));
-            for t in &m.tokens {
-                c.tokens.insert(t.clone(), m.condition_id.clone());
-            }
-            c.registry.insert(
-                m.condition_id.clone(),
-                Entry { market: m, shard, state: Lifecycle::Active, since: Instant::now() },
-            );
+            track[shard].push(register(&mut c, m, shard));
         }
         track
             .into_iter()
