@@ -708,7 +708,8 @@ fn start_recycle(shard: &ShardRef, conn_id: u32) -> bool {
 /// Opens the replacement socket, waits until it has taken every book over (or the handoff
 /// timeout), then closes the old socket(s).
 async fn recycle_task(shard: ShardRef, conn_id: u32) {
-    let finish = |ok: bool, migrated: u64, left: u64| {
+    let (ok, migrated, left) = recycle_once(&shard, conn_id).await;
+    let again = {
         let mut s = shard.borrow_mut();
         if ok {
             s.counters.recycles_completed += 1;
@@ -717,22 +718,75 @@ async fn recycle_task(shard: ShardRef, conn_id: u32) {
         }
         s.counters.tokens_migrated += migrated;
         s.counters.handoff_timeouts += left;
-        if let Some(c) = s.conns.get_mut(&conn_id) {
+        s.conns.get_mut(&conn_id).is_some_and(|c| {
             c.recycling = false;
-        }
+            std::mem::take(&mut c.resubscribe_pending)
+        })
     };
-    recycle_once(&shard, conn_id, finish).await;
-    let again = shard
-        .borrow_mut()
-        .conns
-        .get_mut(&conn_id)
-        .is_some_and(|c| std::mem::take(&mut c.resubscribe_pending));
     if again {
         start_recycle(&shard, conn_id);
     }
 }
 
-async fn recycle_once(shard: &ShardRef, conn_id: u32, finish: impl Fn(bool, u64, u64)) {
+/// Where a recycle stands, judged from the shard's state alone (no borrow outlives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecycleProgress {
+    /// The slot is gone or closing, or the new socket died before taking over.
+    Abandoned,
+    /// The new socket has not registered yet.
+    WaitingForSocket,
+    /// Books still on an old socket.
+    Moving { feed: u32 },
+    /// Every movable book is on the new socket (or the timeout passed): close the old ones.
+    Done { moved: u64, left: u64 },
+}
+
+fn recycle_progress(
+    s: &Shard,
+    conn_id: u32,
+    old_feeds: &[u32],
+    new_feed: Option<u32>,
+    timed_out: bool,
+) -> RecycleProgress {
+    let Some(conn) = s.conns.get(&conn_id) else { return RecycleProgress::Abandoned };
+    if conn.closing {
+        return RecycleProgress::Abandoned;
+    }
+    let newest = conn.newest().map(|k| k.feed).filter(|f| !old_feeds.contains(f));
+    let Some(feed) = new_feed.or(newest) else {
+        return if timed_out {
+            RecycleProgress::Abandoned
+        } else {
+            RecycleProgress::WaitingForSocket
+        };
+    };
+    if newest != Some(feed) {
+        return RecycleProgress::Abandoned;
+    }
+    // Books that can still move: tracked, seeded, not resolved, and on an old socket.
+    let (mut moved, mut left) = (0u64, 0u64);
+    for t in &tokens_of(s, conn_id) {
+        match s.store.get(t.as_str()) {
+            Some(b) if b.feed() == feed => moved += 1,
+            Some(b) if matches!(b.status(), BookStatus::Resolved | BookStatus::Seeding) => {}
+            Some(b) if old_feeds.contains(&b.feed()) => left += 1,
+            _ => {}
+        }
+    }
+    if left == 0 || timed_out {
+        RecycleProgress::Done { moved, left }
+    } else {
+        RecycleProgress::Moving { feed }
+    }
+}
+
+/// Opens the replacement socket and follows the handoff until it completes, times out or is
+/// abandoned; returns (completed, books moved, books left to resync).
+///
+/// Every look at the shard is one `borrow()` inside a single expression, released before
+/// anything else runs: the old code held a borrow across `finish`, which borrows mutably, and
+/// a slot vanishing mid-recycle killed the shard.
+async fn recycle_once(shard: &ShardRef, conn_id: u32) -> (bool, u64, u64) {
     let (url, opts, timeout, old_feeds) = {
         let s = shard.borrow();
         let old: Vec<u32> = s
@@ -746,7 +800,7 @@ async fn recycle_once(shard: &ShardRef, conn_id: u32, finish: impl Fn(bool, u64,
         Ok(ws) => ws,
         Err(e) => {
             tracing::warn!(conn = conn_id, error = %e, "recycle: cannot open the new socket");
-            return finish(false, 0, 0);
+            return (false, 0, 0);
         }
     };
     glommio::spawn_local(slot_task(Rc::clone(shard), conn_id, Some(ws))).detach();
@@ -754,49 +808,22 @@ async fn recycle_once(shard: &ShardRef, conn_id: u32, finish: impl Fn(bool, u64,
     let mut new_feed = None;
     loop {
         glommio::timer::sleep(Duration::from_millis(20)).await;
-        let s = shard.borrow();
-        let Some(conn) = s.conns.get(&conn_id) else { return finish(false, 0, 0) };
-        if conn.closing {
-            drop(s);
-            return finish(false, 0, 0);
-        }
-        let newest = conn.newest().map(|k| k.feed).filter(|f| !old_feeds.contains(f));
-        if new_feed.is_none() {
-            new_feed = newest;
-        }
-        let Some(feed) = new_feed else {
-            if start.elapsed() > timeout {
-                drop(s);
-                return finish(false, 0, 0);
-            }
-            continue;
-        };
-        if newest != Some(feed) {
-            // The new socket died before taking over; the old one still serves the slot.
-            drop(s);
-            return finish(false, 0, 0);
-        }
-        // Books that can still move: tracked, seeded, not resolved, and on an old socket.
-        let tokens = tokens_of(&s, conn_id);
-        let (mut moved, mut left) = (0u64, 0u64);
-        for t in &tokens {
-            match s.store.get(t.as_str()) {
-                Some(b) if b.feed() == feed => moved += 1,
-                Some(b) if matches!(b.status(), BookStatus::Resolved | BookStatus::Seeding) => {}
-                Some(b) if old_feeds.contains(&b.feed()) => left += 1,
-                _ => {}
+        let timed_out = start.elapsed() > timeout;
+        let progress = recycle_progress(&shard.borrow(), conn_id, &old_feeds, new_feed, timed_out);
+        match progress {
+            RecycleProgress::Abandoned => return (false, 0, 0),
+            RecycleProgress::WaitingForSocket => {}
+            RecycleProgress::Moving { feed } => new_feed = Some(feed),
+            RecycleProgress::Done { moved, left } => {
+                if let Some(conn) = shard.borrow().conns.get(&conn_id) {
+                    for sock in conn.sockets.iter().filter(|k| old_feeds.contains(&k.feed)) {
+                        sock.kill.trigger();
+                    }
+                }
+                tracing::info!(conn = conn_id, moved, left, "recycle done");
+                return (left == 0, moved, left);
             }
         }
-        let done = left == 0 || start.elapsed() > timeout;
-        if !done {
-            continue;
-        }
-        for sock in conn.sockets.iter().filter(|k| old_feeds.contains(&k.feed)) {
-            sock.kill.trigger();
-        }
-        drop(s);
-        tracing::info!(conn = conn_id, moved, left, "recycle done");
-        return finish(left == 0, moved, left);
     }
 }
 
