@@ -10,6 +10,7 @@
 //! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
 //! - [`policy`]: backoff, watchdog verdicts, market-to-connection placement.
+//! - [`registry`]: which markets a Gamma listing may close (listing sanity).
 //! - [`routing`]: `shard_for(market)`, the one hash that places markets on shards.
 //! - [`view`]: the BOOK JSON shape shared by `replay --dump`, the HTTP API and the simulator.
 //! - [`sim`]: the simulated venue: seeded market model, frames byte for byte, Gamma.
@@ -24,6 +25,7 @@ pub mod decimal;
 pub mod ids;
 pub mod policy;
 pub mod protocol;
+pub mod registry;
 pub mod routing;
 pub mod sim;
 pub mod store;

@@ -130,11 +130,13 @@ impl Default for Connections {
 pub struct Integrity {
     pub verify_hash: bool,
     pub failed_checks_max: u16,
+    /// A book whose connection has had no data frame for this long reports `stale`.
+    pub stale_after_ms: u64,
 }
 
 impl Default for Integrity {
     fn default() -> Self {
-        Integrity { verify_hash: true, failed_checks_max: 3 }
+        Integrity { verify_hash: true, failed_checks_max: 3, stale_after_ms: 15_000 }
     }
 }
 
@@ -145,6 +147,10 @@ pub struct Discovery {
     pub page_limit: usize,
     pub requests_per_10s_max: u32,
     pub markets_max: usize,
+    /// A market is closed only after missing from this many consecutive complete listings.
+    pub absent_runs_max: u32,
+    /// A listing that would close more than this share (%) of active markets is refused.
+    pub close_pct_max: u8,
 }
 
 impl Default for Discovery {
@@ -154,6 +160,8 @@ impl Default for Discovery {
             page_limit: 100,
             requests_per_10s_max: 250,
             markets_max: 200_000,
+            absent_runs_max: 3,
+            close_pct_max: 10,
         }
     }
 }
@@ -197,6 +205,8 @@ pub struct Api {
     pub ws_client_buffer_max: usize,
     /// HTTP requests per second per client address; more get 429.
     pub requests_per_s_max: u32,
+    /// `/ready` fails while fewer than this share (%) of tracked books are live.
+    pub ready_books_live_pct_min: u8,
 }
 
 impl Default for Api {
@@ -205,6 +215,7 @@ impl Default for Api {
             listen: "127.0.0.1:8080".into(),
             ws_client_buffer_max: 1024,
             requests_per_s_max: 1000,
+            ready_books_live_pct_min: 95,
         }
     }
 }
@@ -293,6 +304,10 @@ impl Config {
         in_range("discovery.page_limit", d.page_limit, 1, 100)?;
         in_range("discovery.requests_per_10s_max", d.requests_per_10s_max, 1, 300)?;
         in_range("discovery.markets_max", d.markets_max, 1, 1_000_000)?;
+        in_range("discovery.absent_runs_max", d.absent_runs_max, 1, 1000)?;
+        in_range("discovery.close_pct_max", d.close_pct_max, 0, 100)?;
+        in_range("integrity.stale_after_ms", self.integrity.stale_after_ms, 100, 3_600_000)?;
+        in_range("api.ready_books_live_pct_min", self.api.ready_books_live_pct_min, 0, 100)?;
         let l = &self.lifecycle;
         in_range("lifecycle.recycle_pollution_pct", l.recycle_pollution_pct, 1, 100)?;
         in_range("lifecycle.recycle_concurrent_max", l.recycle_concurrent_max, 1, 64)?;

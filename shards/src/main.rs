@@ -149,16 +149,45 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<ValidConfig> {
 
 /// Blocks until SIGINT or SIGTERM; a second one exits the process at once.
 fn wait_for_signal() -> anyhow::Result<()> {
+    let never = flume::bounded::<polybook_shards::engine::supervise::Failure>(1).1;
+    wait_for_signal_or_failure(&never)
+}
+
+/// Exit code when an engine thread died (EX_SOFTWARE): a supervisor restarts the process.
+const EXIT_THREAD_DIED: i32 = 70;
+
+/// Blocks until SIGINT or SIGTERM (a second one exits at once), or until an engine thread dies:
+/// then fail fast (see `engine::supervise`) — log it and exit non-zero without waiting for the
+/// other threads, which may be stuck on the dead one.
+fn wait_for_signal_or_failure(
+    failures: &flume::Receiver<polybook_shards::engine::supervise::Failure>,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping (send again to exit at once)");
-    }
+    let (sig_tx, sig_rx) = flume::bounded(1);
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        let mut forever = signals.forever();
+        if let Some(sig) = forever.next() {
+            let _ = sig_tx.send(sig);
+        }
+        if forever.next().is_some() {
             std::process::exit(130);
         }
     });
+    let failure = flume::Selector::new()
+        .recv(&sig_rx, |sig| {
+            if let Ok(sig) = sig {
+                tracing::info!(signal = sig, "stopping (send again to exit at once)");
+            }
+            None
+        })
+        .recv(failures, |f| f.ok())
+        .wait();
+    if let Some(f) = failure {
+        tracing::error!(thread = %f.thread, reason = %f.reason, "engine thread died; exiting");
+        eprintln!("polybook: {f}; exiting with code {EXIT_THREAD_DIED}");
+        std::process::exit(EXIT_THREAD_DIED);
+    }
     Ok(())
 }
 
@@ -173,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let engine = builder.start()?;
             tracing::info!("API on http://{}", engine.api_addr());
-            wait_for_signal()?;
+            wait_for_signal_or_failure(engine.failures())?;
             engine.stop();
             Ok(())
         }
@@ -222,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "polybook demo: started in {} ms; Ctrl-C stops",
                 started.elapsed().as_millis()
             );
-            wait_for_signal()?;
+            wait_for_signal_or_failure(engine.failures())?;
             engine.stop();
             handle.stop()?;
             Ok(())

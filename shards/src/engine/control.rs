@@ -12,10 +12,11 @@ use hashbrown::HashMap;
 use polybook::book::TokenMeta;
 use polybook::policy::{parse_iso8601_ms, recycle_candidates, ConnView, RecycleLimits};
 use polybook::protocol::gamma::GammaMarket;
+use polybook::registry::{AbsenceTracker, ListingRules, ListingVerdict};
 use polybook::routing::shard_for;
 use polybook::{MarketId, TokenId};
 
-use super::discovery::{discover, lookup, DiscoveryLimits};
+use super::discovery::{closed_markets, discover, lookup, DiscoveryLimits};
 use super::mesh::{Command, MarketSpec, Report, ShardStats};
 use super::stream::{serve_client, ClientRequest, Hub, StreamControl, StreamMsg};
 use crate::config::Selection;
@@ -40,6 +41,10 @@ pub struct ControlConfig {
     pub expire_after_end: Duration,
     /// How often a progress line is logged (markets, books live, frames/s); zero: never.
     pub progress_interval: Duration,
+    /// Listing sanity: when a market missing from Gamma's listing may be closed.
+    pub listing: ListingRules,
+    /// `/ready` fails below this share (%) of tracked books live.
+    pub ready_books_live_pct_min: u8,
 }
 
 /// A market's lifecycle as the registry sees it.
@@ -71,7 +76,19 @@ struct DiscoveryStats {
     retries: u64,
     last_markets: usize,
     last_rejected: usize,
+    /// Failed runs since the last good one (0: discovery is healthy).
+    consecutive_failures: u64,
+    /// The last failure or refusal, kept after recovery (with its age) for operators.
     last_error: Option<String>,
+    last_error_ms_ago: Option<u64>,
+    #[serde(skip)]
+    last_error_at: Option<Instant>,
+    /// Listings refused by the sanity rules (they would have closed too much at once).
+    refused_runs: u64,
+    /// Markets closed after missing from enough complete listings.
+    closed: u64,
+    /// Markets of refused listings closed because Gamma, asked by id, said so.
+    confirmed_closed: u64,
     last_ok_ms_ago: Option<u64>,
     #[serde(skip)]
     last_ok: Option<Instant>,
@@ -83,6 +100,7 @@ struct Control {
     tokens: HashMap<TokenId, MarketId>,
     shards: Vec<flume::Sender<Command>>,
     discovery: DiscoveryStats,
+    absence: AbsenceTracker,
     started: Instant,
     /// Fired to run discovery now (a `new_market` hint); replaced after each run.
     wake_discovery: Shutdown,
@@ -117,6 +135,7 @@ pub async fn run(
         tokens: HashMap::new(),
         shards,
         discovery: DiscoveryStats::default(),
+        absence: AbsenceTracker::default(),
         started: Instant::now(),
         wake_discovery: Shutdown::new(),
     }));
@@ -304,28 +323,29 @@ async fn progress_loop(control: ControlRef, stopping: Shutdown) {
     }
 }
 
+/// Discovery runs forever: each run on a supervised blocking thread; a failed or refused run
+/// is retried with backoff (1 s doubling up to the interval) and shown in `/stats`.
 async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
+    let mut fail_streak: u32 = 0;
     while !stopping.is_triggered() {
         let (url, limits, tags) = {
             let c = control.borrow();
             (c.cfg.gamma_url.clone(), c.cfg.discovery.clone(), c.cfg.selection.tag_ids.clone())
         };
-        let (tx, rx) = flume::bounded(1);
-        // ureq blocks: never on an executor.
-        let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || {
-            let _ = tx.send(discover(&url, &tags, &limits));
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the discovery thread");
-        }
-        let result = future::or(async { rx.recv_async().await.ok() }, async {
-            stopping.wait().await;
-            None
-        })
-        .await;
-        match result {
-            Some(Ok(run)) => {
-                let specs = {
+        let result = off_executor("discovery", &stopping, move || discover(&url, &tags, &limits));
+        let ok = match result.await {
+            Blocking::Stopped => return,
+            Blocking::Died => {
+                // The supervisor has the panic and fails the process; note it here too.
+                note_discovery_failure(&control, "the discovery thread died".into());
+                false
+            }
+            Blocking::Done(Err(e)) => {
+                note_discovery_failure(&control, e.to_string());
+                false
+            }
+            Blocking::Done(Ok(run)) => {
+                let (cmds, refused) = {
                     let mut c = control.borrow_mut();
                     c.discovery.runs += 1;
                     c.discovery.requests += u64::from(run.requests);
@@ -333,21 +353,21 @@ async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
                     c.discovery.last_markets = run.markets.len();
                     c.discovery.last_rejected = run.rejected;
                     c.discovery.last_ok = Some(Instant::now());
-                    c.discovery.last_error = None;
+                    c.discovery.consecutive_failures = 0;
                     tracing::info!(markets = run.markets.len(), pages = run.pages, "discovery");
                     apply_discovery(&mut c, run.markets, run.truncated)
                 };
-                send_commands(&control, specs).await;
+                send_commands(&control, cmds).await;
+                match refused {
+                    Some(candidates) => {
+                        confirm_closed(&control, &stopping, candidates).await;
+                        false
+                    }
+                    None => true,
+                }
             }
-            Some(Err(e)) => {
-                let mut c = control.borrow_mut();
-                c.discovery.runs += 1;
-                c.discovery.failures += 1;
-                c.discovery.last_error = Some(e.to_string());
-                tracing::warn!(error = %e, "discovery failed; keeping the last registry");
-            }
-            None => return,
-        }
+        };
+        fail_streak = if ok { 0 } else { fail_streak.saturating_add(1) };
         let expired = sweep_expired(&mut control.borrow_mut());
         send_commands(&control, expired).await;
         let (interval, wake) = {
@@ -355,6 +375,11 @@ async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
             c.wake_discovery = Shutdown::new();
             (c.cfg.discovery_interval, c.wake_discovery.clone())
         };
+        if fail_streak > 0 {
+            let backoff = Duration::from_secs(1 << (fail_streak - 1).min(10)).min(interval);
+            future::or(glommio::timer::sleep(backoff), stopping.wait()).await;
+            continue;
+        }
         // A `new_market` hint may cut the wait short, but never below a minimum gap: on the
         // venue new markets arrive up to several per second, and Gamma's budget is shared.
         let gap = interval.min(DISCOVERY_GAP_MIN);
@@ -364,10 +389,112 @@ async fn discovery_loop(control: ControlRef, stopping: Shutdown) {
     }
 }
 
+fn note_discovery_failure(control: &ControlRef, error: String) {
+    let mut c = control.borrow_mut();
+    c.discovery.runs += 1;
+    c.discovery.failures += 1;
+    c.discovery.consecutive_failures += 1;
+    tracing::warn!(error = %error, "discovery failed; keeping the last registry, retrying");
+    c.discovery.last_error = Some(error);
+    c.discovery.last_error_at = Some(Instant::now());
+}
+
+/// The end of a blocking call run on its own thread.
+enum Blocking<T> {
+    Done(T),
+    /// The thread ended without an answer (it panicked; the supervisor was told).
+    Died,
+    /// The engine is stopping.
+    Stopped,
+}
+
+/// Runs `f` (ureq blocks: never on an executor) on a supervised thread and waits for it.
+async fn off_executor<T: Send + 'static>(
+    name: &'static str,
+    stopping: &Shutdown,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Blocking<T> {
+    let (tx, rx) = flume::bounded(1);
+    let spawned = super::supervise::spawn_thread(name, move || {
+        let _ = tx.send(f());
+    });
+    if let Err(e) = spawned {
+        tracing::error!(thread = name, error = %e, "cannot start a thread");
+        return Blocking::Died;
+    }
+    let answer = future::or(async { Some(rx.recv_async().await) }, async {
+        stopping.wait().await;
+        None
+    });
+    match answer.await {
+        None => Blocking::Stopped,
+        Some(Ok(v)) => Blocking::Done(v),
+        Some(Err(_)) => Blocking::Died,
+    }
+}
+
+/// Most refused close candidates confirmed with Gamma per run (10 requests).
+const CONFIRM_IDS_MAX: usize = 1000;
+
+/// A refused listing's candidates are closed only if Gamma, asked by condition id, says so.
+async fn confirm_closed(control: &ControlRef, stopping: &Shutdown, mut ids: Vec<MarketId>) {
+    ids.truncate(CONFIRM_IDS_MAX);
+    let (url, limits) = {
+        let c = control.borrow();
+        (c.cfg.gamma_url.clone(), c.cfg.discovery.clone())
+    };
+    let asked = ids.len();
+    let answer =
+        off_executor("gamma-confirm", stopping, move || closed_markets(&url, &ids, &limits));
+    let closed = match answer.await {
+        Blocking::Done(Ok(closed)) => closed,
+        Blocking::Done(Err(e)) => {
+            tracing::warn!(error = %e, "cannot confirm closed markets; none closed");
+            return;
+        }
+        Blocking::Died | Blocking::Stopped => return,
+    };
+    tracing::info!(asked, closed = closed.len(), "refused listing: closed what Gamma confirmed");
+    let cmds = {
+        let mut c = control.borrow_mut();
+        c.discovery.confirmed_closed += closed.len() as u64;
+        close_markets(&mut c, &closed)
+    };
+    send_commands(control, cmds).await;
+}
+
 /// Commands per shard: markets to track and to untrack.
 type ShardCommands = Vec<(usize, Command)>;
 
-fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) -> ShardCommands {
+/// Marks active markets closed and returns the untracks for their shards.
+fn close_markets(c: &mut Control, ids: &[MarketId]) -> ShardCommands {
+    let n = c.shards.len().max(1);
+    let mut untrack: Vec<Vec<MarketId>> = vec![Vec::new(); n];
+    for id in ids {
+        c.absence.forget(id.as_str());
+        if let Some(e) = c.registry.get_mut(id.as_str()) {
+            if e.state == Lifecycle::Active {
+                e.state = Lifecycle::Closed;
+                e.since = Instant::now();
+                untrack[e.shard].push(id.clone());
+            }
+        }
+    }
+    untrack
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(i, v)| (i, Command::Untrack(v)))
+        .collect()
+}
+
+/// Registers new markets and applies the listing-sanity rules to the ones missing. Returns
+/// the commands, and the close candidates of a refused listing (to confirm with Gamma).
+fn apply_discovery(
+    c: &mut Control,
+    markets: Vec<GammaMarket>,
+    truncated: bool,
+) -> (ShardCommands, Option<Vec<MarketId>>) {
     let n = c.shards.len().max(1);
     let mut track: Vec<Vec<MarketSpec>> = vec![Vec::new(); n];
     // Presence counts before selection, so a market added by hand stays while it is open.
@@ -389,23 +516,34 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
         track[shard].push(register(c, m, shard));
     }
     let mut out: ShardCommands = Vec::new();
+    let mut refused = None;
+    // Only a complete listing says anything about the markets it does not name.
     if !truncated {
-        // No longer listed as open: closed on the venue.
-        let mut untrack: Vec<Vec<MarketId>> = vec![Vec::new(); n];
-        for (id, e) in c.registry.iter_mut() {
-            if e.state == Lifecycle::Active && !seen.contains(id) {
-                e.state = Lifecycle::Closed;
-                e.since = Instant::now();
-                untrack[e.shard].push(id.clone());
+        let active: Vec<MarketId> = c
+            .registry
+            .iter()
+            .filter(|(_, e)| e.state == Lifecycle::Active)
+            .map(|(id, _)| id.clone())
+            .collect();
+        match c.absence.observe(&active, &seen, c.cfg.listing) {
+            ListingVerdict::Close(ids) => {
+                c.discovery.closed += ids.len() as u64;
+                out.extend(close_markets(c, &ids));
+            }
+            ListingVerdict::Refused { candidates, active } => {
+                c.discovery.refused_runs += 1;
+                let why = format!(
+                    "listing refused: it would close {} of {active} active markets (more than \
+                     discovery.close_pct_max = {} %); confirming with Gamma",
+                    candidates.len(),
+                    c.cfg.listing.close_pct_max
+                );
+                tracing::warn!("{why}");
+                c.discovery.last_error = Some(why);
+                c.discovery.last_error_at = Some(Instant::now());
+                refused = Some(candidates);
             }
         }
-        out.extend(
-            untrack
-                .into_iter()
-                .enumerate()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(i, v)| (i, Command::Untrack(v))),
-        );
     }
     out.extend(
         track
@@ -414,7 +552,7 @@ fn apply_discovery(c: &mut Control, markets: Vec<GammaMarket>, truncated: bool) 
             .filter(|(_, v)| !v.is_empty())
             .map(|(i, v)| (i, Command::Track(v))),
     );
-    out
+    (out, refused)
 }
 
 /// `[selection]`: explicit lists are united; thresholds apply to every market.
@@ -658,6 +796,7 @@ impl Handler for Api {
         let depth = req.query_param("depth").and_then(|d| d.parse::<usize>().ok());
         match path.as_str() {
             "/health" => Some(Box::pin(async move { health(&control).await })),
+            "/ready" => Some(Box::pin(async move { ready(&control).await })),
             "/stats" => {
                 let live = Rc::clone(&self.live);
                 Some(Box::pin(async move { stats_response(&control, &live).await }))
@@ -703,7 +842,7 @@ async fn add_market(control: &ControlRef, a: AdminMarket) -> Response {
         (c.cfg.gamma_url.clone(), c.cfg.discovery.clone())
     };
     let (tx, rx) = flume::bounded(1);
-    let spawned = std::thread::Builder::new().name("gamma-lookup".into()).spawn(move || {
+    let spawned = super::supervise::spawn_thread("gamma-lookup", move || {
         let _ = tx.send(lookup(&url, key, &value, &limits));
     });
     if spawned.is_err() {
@@ -782,6 +921,63 @@ async fn health(control: &ControlRef) -> Response {
     }
 }
 
+/// Readiness: 200 only when the books can be trusted as a whole. Each failing check is named.
+async fn ready(control: &ControlRef) -> Response {
+    let stats = gather_stats(control).await;
+    let c = control.borrow();
+    let mut failing = Vec::new();
+    let limit = c.cfg.discovery_interval.saturating_mul(3);
+    match c.discovery.last_ok {
+        Some(at) if at.elapsed() <= limit => {}
+        Some(at) => failing.push(serde_json::json!({
+            "check": "discovery",
+            "detail": format!(
+                "last success {} ms ago (limit {} ms)",
+                at.elapsed().as_millis(),
+                limit.as_millis()
+            ),
+            "last_error": c.discovery.last_error,
+        })),
+        None => failing.push(serde_json::json!({
+            "check": "discovery",
+            "detail": "no successful discovery run yet",
+            "last_error": c.discovery.last_error,
+        })),
+    }
+    let down: Vec<usize> =
+        stats.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect();
+    if !down.is_empty() {
+        failing.push(serde_json::json!({"check": "shards", "shards_not_answering": down}));
+    }
+    let (mut books, mut live, mut resolved, mut up) = (0usize, 0usize, 0usize, 0usize);
+    for s in stats.iter().flatten() {
+        books += s.books;
+        live += s.books_live;
+        resolved += s.books_resolved;
+        up += s.connections.iter().filter(|k| k.sockets > 0).count();
+    }
+    // Resolved books are final and exact: they count as good, not as missing.
+    let tracked = books.saturating_sub(resolved);
+    if tracked > 0 && up == 0 {
+        failing.push(serde_json::json!({"check": "connections", "detail": "no connection is up"}));
+    }
+    let pct_min = usize::from(c.cfg.ready_books_live_pct_min);
+    if tracked > 0 && live * 100 < pct_min * tracked {
+        failing.push(serde_json::json!({
+            "check": "books_live",
+            "detail": format!("{live} of {tracked} tracked books live (minimum {pct_min} %)"),
+        }));
+    }
+    let body = serde_json::json!({
+        "ready": failing.is_empty(),
+        "failing": failing,
+        "books": tracked,
+        "books_live": live,
+        "connections_up": up,
+    });
+    Response::json(if failing.is_empty() { 200 } else { 503 }, &body)
+}
+
 async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
     let shards = gather_stats(control).await;
     let c = control.borrow();
@@ -835,8 +1031,15 @@ async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
         add("hash_ltp_learned", s.store.hash_ltp_learned);
     }
     let mut disc = serde_json::to_value(&c.discovery).unwrap_or_default();
-    if let (Some(obj), Some(t)) = (disc.as_object_mut(), c.discovery.last_ok) {
-        obj.insert("last_ok_ms_ago".into(), serde_json::json!(t.elapsed().as_millis() as u64));
+    if let Some(obj) = disc.as_object_mut() {
+        for (key, at) in [
+            ("last_ok_ms_ago", c.discovery.last_ok),
+            ("last_error_ms_ago", c.discovery.last_error_at),
+        ] {
+            if let Some(t) = at {
+                obj.insert(key.into(), serde_json::json!(t.elapsed().as_millis() as u64));
+            }
+        }
     }
     Response::json(
         200,

@@ -89,6 +89,41 @@ pub fn lookup(
     Ok(page.markets.into_iter().filter_map(Result::ok).filter(GammaMarket::is_tradeable).collect())
 }
 
+/// Which of `ids` Gamma, asked by condition id, says are closed (`closed: true`, or no
+/// longer active / accepting orders): positive evidence, so an empty or broken answer closes
+/// nothing. At most 100 ids per request. Blocking: call it off the executors.
+pub fn closed_markets(
+    base_url: &str,
+    ids: &[polybook::MarketId],
+    limits: &DiscoveryLimits,
+) -> Result<Vec<polybook::MarketId>, DiscoveryError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(limits.request_timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = base_url.trim_end_matches('/');
+    let mut run = DiscoveryRun::default();
+    let (mut start, mut n) = (Instant::now(), 0);
+    let mut closed = Vec::new();
+    for chunk in ids.chunks(100) {
+        let mut url = format!("{base}/markets/keyset?closed=true&limit={}", chunk.len());
+        for id in chunk {
+            url.push_str("&condition_ids=");
+            url.push_str(&urlencode(id.as_str()));
+        }
+        let body = fetch(&agent, &url, limits, &mut run, &mut start, &mut n)?;
+        let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
+        for m in page.markets.into_iter().flatten() {
+            let asked = chunk.contains(&m.condition_id);
+            if asked && (m.closed || !m.active || !m.accepting_orders) {
+                closed.push(m.condition_id);
+            }
+        }
+    }
+    Ok(closed)
+}
+
 fn enumerate(
     base_url: &str,
     tag: Option<u64>,

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod mesh;
 pub mod record;
 pub mod stream;
+pub mod supervise;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,12 +69,25 @@ pub struct EngineHandle {
     api_addr: SocketAddr,
     stop: flume::Sender<()>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    supervisor: supervise::Supervisor,
+    failures: flume::Receiver<supervise::Failure>,
 }
 
 impl EngineHandle {
     /// Where the HTTP API listens.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The first engine thread that died, if one did (see [`supervise`]: a death is fatal).
+    pub fn failure(&self) -> Option<supervise::Failure> {
+        self.supervisor.first_failure()
+    }
+
+    /// Failures as they happen: the binary selects on this beside its signals and exits
+    /// non-zero on the first.
+    pub fn failures(&self) -> &flume::Receiver<supervise::Failure> {
+        &self.failures
     }
 
     /// Stops every shard and waits for their threads.
@@ -162,6 +176,7 @@ fn start_with(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let layout = resolve_layout(cfg, cpus)?;
+    let (supervisor, failures) = supervise::Supervisor::new();
     let io_memory = cfg.layout.io_memory_kib << 10;
     let tls = if cfg.endpoints.ws_url.starts_with("wss://") {
         Some(default_tls_config().map_err(|e| EngineError::Tls(e.to_string()))?)
@@ -203,10 +218,14 @@ fn start_with(
         let reports = report_tx.clone();
         let streams = stream_tx.clone();
         let name = format!("data-{i}");
+        let sup = supervisor.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&name)
             .io_memory(io_memory)
-            .spawn(move || data::run(shard_cfg, rx, reports, streams))
+            .spawn(move || {
+                supervise::enter(sup);
+                data::run(shard_cfg, rx, reports, streams)
+            })
             .map_err(|e| EngineError::Executor { name, cpu, reason: e.to_string() })?;
         executors.push(h);
     }
@@ -236,14 +255,23 @@ fn start_with(
         },
         recycle_check: Duration::from_millis(cfg.lifecycle.recycle_check_ms),
         expire_after_end: Duration::from_millis(cfg.lifecycle.expire_after_end_ms),
+        listing: polybook::registry::ListingRules {
+            absent_runs_max: cfg.discovery.absent_runs_max,
+            close_pct_max: cfg.discovery.close_pct_max,
+        },
+        ready_books_live_pct_min: cfg.api.ready_books_live_pct_min,
     };
     let (stop_tx, stop_rx) = flume::bounded(1);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let shards = shard_txs.clone();
+    let sup = supervisor.clone();
     let h = LocalExecutorBuilder::new(Placement::Fixed(layout.control))
         .name("control")
         .io_memory(io_memory)
-        .spawn(move || control::run(control_cfg, shards, report_rx, stream_rx, stop_rx, bound_tx))
+        .spawn(move || {
+            supervise::enter(sup);
+            control::run(control_cfg, shards, report_rx, stream_rx, stop_rx, bound_tx)
+        })
         .map_err(|e| EngineError::Executor {
             name: "control".into(),
             cpu: layout.control,
@@ -261,5 +289,5 @@ fn start_with(
         Err(_) => return Err(EngineError::Api("control shard exited before binding".into())),
     };
     tracing::info!(api = %api_addr, data_shards = layout.data.len(), control_cpu = layout.control, "engine started");
-    Ok(EngineHandle { api_addr, stop: stop_tx, executors })
+    Ok(EngineHandle { api_addr, stop: stop_tx, executors, supervisor, failures })
 }

@@ -29,10 +29,15 @@ pub enum FaultKind {
     Gamma429,
     /// Gamma endpoints answer 500 for a while.
     Gamma500,
+    /// The next `count` listings (a `/markets/keyset` enumeration's first page) answer
+    /// `{"markets":[]}` with 200: a venue that answers badly once.
+    GammaEmpty,
+    /// The next `count` listings end after their first page (no `next_cursor`) without error.
+    GammaTruncated,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Drop,
         FaultKind::Close1013,
         FaultKind::Silence,
@@ -41,6 +46,8 @@ impl FaultKind {
         FaultKind::Malformed,
         FaultKind::Gamma429,
         FaultKind::Gamma500,
+        FaultKind::GammaEmpty,
+        FaultKind::GammaTruncated,
     ];
 
     /// The name used in `POST /sim/fault` and `/sim/status`.
@@ -54,6 +61,8 @@ impl FaultKind {
             FaultKind::Malformed => "malformed",
             FaultKind::Gamma429 => "gamma_429",
             FaultKind::Gamma500 => "gamma_500",
+            FaultKind::GammaEmpty => "gamma_empty",
+            FaultKind::GammaTruncated => "gamma_truncated",
         }
     }
 
@@ -63,7 +72,13 @@ impl FaultKind {
 
     /// Whether the fault acts on WebSocket connections (the others act on Gamma).
     pub fn is_per_connection(self) -> bool {
-        !matches!(self, FaultKind::Gamma429 | FaultKind::Gamma500)
+        !matches!(
+            self,
+            FaultKind::Gamma429
+                | FaultKind::Gamma500
+                | FaultKind::GammaEmpty
+                | FaultKind::GammaTruncated
+        )
     }
 }
 
@@ -77,7 +92,8 @@ pub struct FaultRequest {
     /// For `silence` and the Gamma faults.
     #[serde(default)]
     pub duration_ms: Option<u64>,
-    /// For `duplicate`: how many data frames to send twice.
+    /// For `duplicate`, `skip`: how many data frames; for `gamma_empty`, `gamma_truncated`:
+    /// how many listings (default 1).
     #[serde(default)]
     pub count: Option<u32>,
 }

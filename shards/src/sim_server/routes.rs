@@ -134,7 +134,23 @@ impl Routes {
                 return Response::error(422, "offset is not supported; use after_cursor");
             }
             let filter = gamma_filter(req, closed);
-            let body = keyset_page(&st.ex, req.query_param("after_cursor"), limit, &filter);
+            let cursor = req.query_param("after_cursor");
+            // A listing is an unfiltered enumeration; its first page is where faults strike.
+            let listing = cursor.is_none()
+                && filter.condition_ids.is_empty()
+                && filter.slugs.is_empty()
+                && filter.clob_token_ids.is_empty();
+            let spoil = if listing { st.take_listing_fault() } else { None };
+            if spoil == Some(FaultKind::GammaEmpty) {
+                return Response::json_raw(200, "{\"markets\":[]}".to_owned());
+            }
+            let mut body = keyset_page(&st.ex, cursor, limit, &filter);
+            if spoil == Some(FaultKind::GammaTruncated) {
+                if let Some(at) = body.rfind(",\"next_cursor\":") {
+                    body.truncate(at);
+                    body.push('}');
+                }
+            }
             return Response::json_raw(200, body);
         }
         let offset = match req.query_param("offset").map(str::parse::<usize>) {

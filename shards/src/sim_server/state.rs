@@ -130,6 +130,8 @@ pub struct FaultCounts {
     pub malformed: u64,
     pub gamma_429: u64,
     pub gamma_500: u64,
+    pub gamma_empty: u64,
+    pub gamma_truncated: u64,
 }
 
 impl FaultCounts {
@@ -143,6 +145,8 @@ impl FaultCounts {
             FaultKind::Malformed => &mut self.malformed,
             FaultKind::Gamma429 => &mut self.gamma_429,
             FaultKind::Gamma500 => &mut self.gamma_500,
+            FaultKind::GammaEmpty => &mut self.gamma_empty,
+            FaultKind::GammaTruncated => &mut self.gamma_truncated,
         };
         *c += 1;
     }
@@ -226,6 +230,8 @@ pub(crate) struct State {
     routes: Vec<Vec<(ConnId, u8)>>,
     pub counters: SimCounters,
     gamma_fault: Option<(u16, Instant)>,
+    /// Listings still to spoil, oldest first (`gamma_empty`, `gamma_truncated`).
+    listing_faults: std::collections::VecDeque<FaultKind>,
     frame_buf: Vec<SimFrame>,
 }
 
@@ -242,6 +248,7 @@ impl State {
             routes: Vec::new(),
             counters: SimCounters::default(),
             gamma_fault: None,
+            listing_faults: std::collections::VecDeque::new(),
             frame_buf: Vec::with_capacity(64),
         }
     }
@@ -429,6 +436,13 @@ impl State {
         target: Option<ConnId>,
     ) -> Result<Vec<ConnId>, UnknownConn> {
         let now = Instant::now();
+        if matches!(fault.kind, FaultKind::GammaEmpty | FaultKind::GammaTruncated) {
+            for _ in 0..fault.count.clamp(1, 1000) {
+                self.listing_faults.push_back(fault.kind);
+            }
+            self.counters.faults.bump(fault.kind);
+            return Ok(Vec::new());
+        }
         if !fault.kind.is_per_connection() {
             let status = if fault.kind == FaultKind::Gamma429 { 429 } else { 500 };
             self.gamma_fault = Some((status, now + fault.duration));
@@ -459,7 +473,10 @@ impl State {
                 FaultKind::Malformed => {
                     push(conn, Utf8Bytes::from_static(MALFORMED), max, &mut self.counters)
                 }
-                FaultKind::Gamma429 | FaultKind::Gamma500 => {}
+                FaultKind::Gamma429
+                | FaultKind::Gamma500
+                | FaultKind::GammaEmpty
+                | FaultKind::GammaTruncated => {}
             }
             self.counters.faults.bump(fault.kind);
         }
@@ -474,6 +491,11 @@ impl State {
         }
         self.gamma_fault = None;
         None
+    }
+
+    /// The spoiling of the listing that starts now, if one is pending.
+    pub(crate) fn take_listing_fault(&mut self) -> Option<FaultKind> {
+        self.listing_faults.pop_front()
     }
 
     /// The writer's wait: a kill, or frames moved into `batch`, or Pending.

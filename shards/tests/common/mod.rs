@@ -48,6 +48,15 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T,
 }
 
 pub fn engine_config(sim: &SimServerHandle, tokens_per_conn: usize) -> ValidConfig {
+    engine_config_with(sim, tokens_per_conn, |_| {})
+}
+
+/// [`engine_config`] with changes of the test's own.
+pub fn engine_config_with(
+    sim: &SimServerHandle,
+    tokens_per_conn: usize,
+    change: impl FnOnce(&mut Config),
+) -> ValidConfig {
     let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let mut c = Config::default();
     c.endpoints.gamma_url = sim.http_url();
@@ -65,6 +74,7 @@ pub fn engine_config(sim: &SimServerHandle, tokens_per_conn: usize) -> ValidConf
     c.discovery.interval_ms = 1000;
     c.api.listen = "127.0.0.1:0".into();
     c.log.progress_interval_ms = 0;
+    change(&mut c);
     c.validate().unwrap_or_else(|e| panic!("config: {e}"))
 }
 

@@ -1,0 +1,144 @@
+//! Field readiness, tried from outside as an operator would (issue 11): a venue that answers
+//! badly once must not unsubscribe the universe, `/ready` says why it is not ready, and a
+//! thread that dies is reported, never silent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use polybook_shards::engine;
+use polybook_shards::sim_server::SimServerHandle;
+use serde_json::Value;
+
+/// Markets still subscribed or final: active plus resolved (the simulator resolves markets
+/// as it runs; a resolution is not a close).
+fn active_markets(engine: &engine::EngineHandle) -> u64 {
+    let m = &stats(engine)["markets"];
+    m["active"].as_u64().unwrap_or(0) + m["resolved"].as_u64().unwrap_or(0)
+}
+
+fn get_ready(engine: &engine::EngineHandle) -> (u16, Value) {
+    get(&format!("http://{}/ready", engine.api_addr()))
+}
+
+/// Waits until the engine has answered `n` more discovery runs than `from`.
+fn wait_runs(engine: &engine::EngineHandle, from: u64, n: u64) -> Value {
+    wait_for("discovery runs", Duration::from_secs(60), || {
+        let s = stats(engine);
+        let runs = s["discovery"]["runs"].as_u64().unwrap_or(0);
+        if runs >= from + n {
+            Ok(s)
+        } else {
+            Err(format!("runs {runs}: {}", s["discovery"]))
+        }
+    })
+}
+
+fn spoil_listings(sim: &SimServerHandle, kind: &str, count: u32) {
+    let body = format!(r#"{{"kind":"{kind}","count":{count}}}"#);
+    assert_eq!(post(&format!("{}/sim/fault", sim.http_url()), &body), 200);
+}
+
+#[test]
+fn bad_gamma_listings_close_nothing_and_ready_tells_why() {
+    let sim = sim(21, 60, 200.0);
+    // Gamma is down when the engine starts: not ready, and the reason is visible.
+    assert_eq!(
+        post(
+            &format!("{}/sim/fault", sim.http_url()),
+            r#"{"kind":"gamma_500","duration_ms":9000}"#
+        ),
+        200
+    );
+    // Small pages: a truncated listing (first page only) misses most markets.
+    let cfg = engine_config_with(&sim, 20, |c| c.discovery.page_limit = 10);
+    let engine = engine::start(&cfg).unwrap();
+    let (status, body) = get_ready(&engine);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["failing"].as_array().unwrap().iter().any(|f| f["check"] == "discovery"),
+        "{body}"
+    );
+    wait_for("discovery failure visible", Duration::from_secs(30), || {
+        let s = stats(&engine);
+        match s["discovery"]["last_error"].as_str() {
+            Some(e) if e.contains("500") && s["discovery"]["failures"].as_u64() >= Some(1) => {
+                Ok(())
+            }
+            _ => Err(s["discovery"].to_string()),
+        }
+    });
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 120));
+    wait_for("ready", Duration::from_secs(30), || match get_ready(&engine) {
+        (200, b) => Ok(b),
+        (s, b) => Err(format!("{s} {b}")),
+    });
+    let active = active_markets(&engine);
+    assert!(active >= 55, "active {active}");
+
+    // One empty listing, then more: the engine counts absences, refuses to close everything,
+    // and asks Gamma per market (which says they are open).
+    for (kind, n) in [("gamma_empty", 1), ("gamma_empty", 4), ("gamma_truncated", 4)] {
+        let from = stats(&engine)["discovery"]["runs"].as_u64().unwrap_or(0);
+        spoil_listings(&sim, kind, n);
+        let s = wait_runs(&engine, from, u64::from(n) + 1);
+        let now = active_markets(&engine);
+        assert!(now >= active, "{kind} x{n}: active markets fell from {active} to {now}");
+        assert_eq!(
+            s["markets"]["closed"].as_u64().unwrap_or(0),
+            0,
+            "{kind} x{n}: {}",
+            s["markets"]
+        );
+        let (live, books) = (total(&s, "books_live"), total(&s, "books"));
+        let resolved = total(&s, "books_resolved");
+        assert_eq!(live + resolved, books, "{kind} x{n}: books not live: {}", s["totals"]);
+        if n >= 3 {
+            assert!(
+                s["discovery"]["refused_runs"].as_u64().unwrap_or(0) >= 1,
+                "{kind} x{n}: {}",
+                s["discovery"]
+            );
+        }
+    }
+    let s = stats(&engine);
+    assert_eq!(s["discovery"]["confirmed_closed"], 0, "{}", s["discovery"]);
+    assert_eq!(s["markets"]["closed"].as_u64().unwrap_or(0), 0, "{}", s["markets"]);
+    assert!(engine.failure().is_none());
+    engine.stop();
+    sim.stop().unwrap();
+}
+
+struct Bomb {
+    updates: u64,
+}
+
+impl engine::BookHandler for Bomb {
+    fn on_update(&mut self, _: &polybook::store::BookUpdate, _: &polybook::Book) {
+        self.updates += 1;
+        if self.updates == 50 {
+            panic!("handler bomb");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_book_handler_is_reported_with_its_thread() {
+    let sim = sim(22, 20, 300.0);
+    let engine = engine::Engine::builder(engine_config(&sim, 20))
+        .handler(|_| Bomb { updates: 0 })
+        .start()
+        .unwrap();
+    let failure = engine
+        .failures()
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a dead data shard must be reported");
+    assert!(failure.thread.starts_with("data-"), "{failure}");
+    assert!(failure.reason.contains("handler bomb"), "{failure}");
+    assert_eq!(engine.failure().as_ref(), Some(&failure));
+    sim.stop().unwrap();
+    // The process would exit here (fail fast); the test only drops the handle.
+    drop(engine);
+}
