@@ -218,6 +218,9 @@ pub struct BookStore {
     hints: Vec<NewMarketHint>,
     resolved: Vec<MarketId>,
     scratch: String,
+    /// The owner's clock (unix ms), given by the shell before each frame: the store reads no
+    /// clock. Stamped on each book it changes.
+    now_ms: u64,
 }
 
 impl BookStore {
@@ -230,7 +233,44 @@ impl BookStore {
             hints: Vec::new(),
             resolved: Vec::new(),
             scratch: String::with_capacity(4096),
+            now_ms: 0,
         }
+    }
+
+    /// Sets the clock (unix ms) that stamps the books changed from now on.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Books fed by `feed` whose connection went silent: Live → Stale. Returns how many.
+    pub fn mark_feed_stale(&mut self, feed: FeedId, sink: &mut impl UpdateSink) -> usize {
+        self.set_feed_status(feed, BookStatus::Live, BookStatus::Stale, sink)
+    }
+
+    /// Tokens fed by `feed` that are Stale.
+    pub fn stale_tokens(&self, feed: FeedId) -> Vec<TokenId> {
+        self.books
+            .values()
+            .filter(|b| b.feed() == feed.0 && b.status() == BookStatus::Stale)
+            .map(|b| b.token().clone())
+            .collect()
+    }
+
+    fn set_feed_status(
+        &mut self,
+        feed: FeedId,
+        from: BookStatus,
+        to: BookStatus,
+        sink: &mut impl UpdateSink,
+    ) -> usize {
+        let mut n = 0;
+        for book in self.books.values_mut() {
+            if book.feed() == feed.0 && book.status() == from {
+                set_status(book, to, &mut self.counters, sink);
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -445,6 +485,7 @@ impl BookStore {
         if book.replace(&e.bids, &e.asks, e.timestamp.0).is_err() {
             self.counters.snapshots_repaired += 1;
         }
+        book.set_received_ms(self.now_ms);
         let venue = e.hash.as_deref().and_then(parse_hex);
         book.set_venue_hash(venue);
         sink.on_update(&BookUpdate::Snapshot, book);
@@ -455,6 +496,7 @@ impl BookStore {
             }
             _ => None,
         };
+        book.set_verified(verdict == Some(true));
         // A snapshot is the venue's full state: it is Live unless its own hash disagrees.
         let status = if verdict == Some(false) { None } else { Some(BookStatus::Live) };
         match status {
@@ -511,6 +553,10 @@ impl BookStore {
             }
             let old = book.set_level(entry.side, entry.price, entry.size);
             book.set_timestamp(ts);
+            book.set_received_ms(self.now_ms);
+            if book.status() == BookStatus::Stale {
+                set_status(book, BookStatus::Live, &mut self.counters, sink);
+            }
             let update =
                 BookUpdate::Level { side: entry.side, price: entry.price, size: entry.size, old };
             sink.on_update(&update, book);
@@ -537,6 +583,7 @@ impl BookStore {
             let ltp_before = book.hash_ltp();
             if let Some(h) = venue.filter(|_| self.config.verify_hash) {
                 verdicts[1] = hash_verdict(book, h, ts, &mut self.scratch, &mut self.counters);
+                book.set_verified(verdicts[1] == Some(true));
             }
             // The hash, when it can be computed, is the stronger witness.
             match verdicts[1].or(verdicts[0]) {
@@ -568,6 +615,10 @@ impl BookStore {
         let old = book.tick_size();
         book.set_tick_size(e.new_tick_size);
         book.set_timestamp(e.timestamp.0);
+        book.set_received_ms(self.now_ms);
+        if book.status() == BookStatus::Stale {
+            set_status(book, BookStatus::Live, &mut self.counters, sink);
+        }
         sink.on_update(&BookUpdate::TickSize { old, new: e.new_tick_size }, book);
     }
 

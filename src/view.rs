@@ -57,7 +57,7 @@ impl Serialize for LevelPair<'_> {
 impl Serialize for BookView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let b = self.book;
-        let mut st = s.serialize_struct("Book", 10)?;
+        let mut st = s.serialize_struct("Book", 11)?;
         st.serialize_field("token_id", b.token())?;
         st.serialize_field("market", b.market())?;
         st.serialize_field("status", &b.status())?;
@@ -67,6 +67,7 @@ impl Serialize for BookView<'_> {
         st.serialize_field("last_trade", &b.last_trade())?;
         st.serialize_field("hash", &b.venue_hash().map(|h| to_hex(&h)))?;
         st.serialize_field("timestamp_ms", &b.timestamp_ms())?;
+        st.serialize_field("verified", &b.verified())?;
         st.end()
     }
 }

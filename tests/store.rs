@@ -348,3 +348,37 @@ fn store_feed_authority_and_make_before_break_handoff() {
     assert_eq!(s.get(A).map(|b| (b.feed(), b.status())), Some((3, BookStatus::Live)));
     assert_eq!(s.get(A).map(|b| b.bids().to_vec()), Some(ra.bids().to_vec()));
 }
+
+#[test]
+fn a_book_without_hash_inputs_says_unverified_and_stale_tracks_its_feed() {
+    use polybook::store::FeedId;
+    let mut s = BookStore::new(StoreConfig::default());
+    // min_order_size and neg_risk unknown: the hash cannot be computed.
+    let partial = TokenMeta { tick_size: Some(p("0.01")), min_order_size: None, neg_risk: None };
+    s.track(TokenId::new(A), MarketId::new(M), partial);
+    s.track(TokenId::new(B), MarketId::new(M), meta());
+    s.set_now_ms(1_000);
+    s.apply_frame(&book_frame(&reference(A), 10), &mut NoSink);
+    s.apply_frame(&book_frame(&reference(B), 10), &mut NoSink);
+    let a = s.get(A).unwrap_or_else(|| panic!("A"));
+    assert_eq!((a.status(), a.verified(), a.received_ms()), (BookStatus::Live, false, 1_000));
+    let b = s.get(B).unwrap_or_else(|| panic!("B"));
+    assert!(b.verified());
+    // FeedId::ANY books have feed 0: a silence on feed 0 makes both Stale, a change revives one.
+    let mut changes = Vec::new();
+    let n = s.mark_feed_stale(FeedId(0), &mut |u: &BookUpdate, b: &Book| {
+        changes.push((b.token().to_string(), *u));
+    });
+    assert_eq!(n, 2);
+    assert_eq!(s.stale_tokens(FeedId(0)).len(), 2);
+    s.set_now_ms(2_000);
+    let mut rb = reference(B);
+    rb.set_level(Side::Buy, p("0.4"), z("10"));
+    s.apply_frame(&pc_frame(&[entry(&rb, Side::Buy, "0.4", "10", 11, None)], 11), &mut NoSink);
+    let b = s.get(B).unwrap_or_else(|| panic!("B"));
+    assert_eq!((b.status(), b.received_ms()), (BookStatus::Live, 2_000));
+    assert_eq!(s.stale_tokens(FeedId(0)), vec![TokenId::new(A)]);
+    assert!(changes
+        .iter()
+        .all(|(_, u)| matches!(u, BookUpdate::Status { to: BookStatus::Stale, .. })));
+}

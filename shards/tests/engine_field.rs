@@ -142,3 +142,53 @@ fn a_panicking_book_handler_is_reported_with_its_thread() {
     // The process would exit here (fail fast); the test only drops the handle.
     drop(engine);
 }
+
+#[test]
+fn a_silent_feed_makes_books_stale_then_resyncs_them() {
+    let sim = sim(23, 20, 300.0);
+    let cfg = engine_config_with(&sim, 20, |c| c.integrity.stale_after_ms = 1000);
+    let engine = engine::start(&cfg).unwrap();
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 40));
+    let token = sim_tokens(&sim).into_iter().find(|(_, a)| *a).unwrap().0;
+    let book_url = format!("http://{}/books/{token}", engine.api_addr());
+    let (_, b) = get(&book_url);
+    assert_eq!(b["verified"], true, "{b}");
+    assert!(b["age_ms"].as_u64().is_some() && b["feed_silent_ms"].as_u64().is_some(), "{b}");
+
+    // Every connection goes silent (frames lost, PING still answered) for 5 s.
+    let fault = r#"{"kind":"silence","duration_ms":5000}"#;
+    assert_eq!(post(&format!("{}/sim/fault", sim.http_url()), fault), 200);
+    wait_for("books stale", Duration::from_secs(10), || {
+        let s = stats(&engine);
+        // New markets may be listed meanwhile: their books seed, they were never live.
+        let stale = total(&s, "books_stale");
+        if stale >= 30 && total(&s, "books_live") == 0 {
+            Ok(s)
+        } else {
+            Err(format!("{}", s["totals"]))
+        }
+    });
+    let (_, b) = get(&book_url);
+    if b["status"] == "stale" {
+        assert!(b["feed_silent_ms"].as_u64().unwrap_or(0) >= 1000, "{b}");
+        assert!(b["age_ms"].as_u64().unwrap_or(0) >= 1000, "{b}");
+    }
+    let (status, ready) = get(&format!("http://{}/ready", engine.api_addr()));
+    assert_eq!(status, 503, "{ready}");
+
+    // Data again: what the silence lost is repaired by fresh snapshots.
+    wait_for("books live again", Duration::from_secs(60), || {
+        let s = stats(&engine);
+        if total(&s, "resyncs_after_silence") > 0 {
+            all_books_settled(&engine, 40)
+        } else {
+            Err(format!("{}", s["totals"]))
+        }
+    });
+    wait_at_rest(&sim.http_url());
+    wait_for("books equal to truth", Duration::from_secs(30), || {
+        compare_with_truth(&engine, &sim, &|_, _| false)
+    });
+    engine.stop();
+    sim.stop().unwrap();
+}

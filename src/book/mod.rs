@@ -21,6 +21,9 @@ pub enum BookStatus {
     Resyncing,
     /// The market settled; the book no longer changes.
     Resolved,
+    /// Live, but its connection has had no data for `stale_after`: a silent freeze or a quiet
+    /// feed. Back to Live at the next change, snapshot, or data on the connection.
+    Stale,
 }
 
 impl BookStatus {
@@ -31,6 +34,7 @@ impl BookStatus {
             BookStatus::Suspect => "suspect",
             BookStatus::Resyncing => "resyncing",
             BookStatus::Resolved => "resolved",
+            BookStatus::Stale => "stale",
         }
     }
 }
@@ -117,6 +121,10 @@ pub struct Book {
     /// when its next `book` arrives (make-before-break handoff). See `store::FeedId`.
     feed: u32,
     next_feed: u32,
+    /// The owner's clock (unix ms) when a change was last applied (0: never).
+    received_ms: u64,
+    /// The last hash check could be computed and passed.
+    verified: bool,
 }
 
 impl Book {
@@ -136,7 +144,25 @@ impl Book {
             recent_prices: [Price::ZERO; 2],
             feed: 0,
             next_feed: 0,
+            received_ms: 0,
+            verified: false,
         }
+    }
+
+    /// The owner's clock (unix ms) when a change was last applied to this book (0: never).
+    pub fn received_ms(&self) -> u64 {
+        self.received_ms
+    }
+    pub fn set_received_ms(&mut self, ms: u64) {
+        self.received_ms = ms;
+    }
+    /// True when the last hash check could be computed and matched; false when an input is
+    /// missing (min_order_size, neg_risk, tick, last trade), it failed, or none ran yet.
+    pub fn verified(&self) -> bool {
+        self.verified
+    }
+    pub fn set_verified(&mut self, verified: bool) {
+        self.verified = verified;
     }
 
     pub fn token(&self) -> &TokenId {

@@ -1003,6 +1003,7 @@ async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
         add("books_suspect", s.books_suspect as u64);
         add("books_resyncing", s.books_resyncing as u64);
         add("books_resolved", s.books_resolved as u64);
+        add("books_stale", s.books_stale as u64);
         add("connections", s.connections.len() as u64);
         add("reconnects", s.reconnects);
         add("frames", s.store.frames);
@@ -1014,6 +1015,7 @@ async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
         add("untracked", s.store.untracked);
         add("resyncs", s.resyncs);
         add("resyncs_connection_lost", s.resyncs_connection_lost);
+        add("resyncs_after_silence", s.resyncs_after_silence);
         add("suspect_ms_total", s.suspect_ms_total);
         add("resyncing_ms_total", s.resyncing_ms_total);
         add("redrives", s.redrives);
@@ -1284,6 +1286,7 @@ async fn metrics(control: &ControlRef) -> Response {
                 ("suspect", s.books_suspect as u64),
                 ("resyncing", s.books_resyncing as u64),
                 ("resolved", s.books_resolved as u64),
+                ("stale", s.books_stale as u64),
             ]
         }),
         ("recycles_total", "counter", "Connection recycles by outcome", "outcome", |s| {

@@ -48,6 +48,8 @@ pub struct DataShardConfig {
     pub handler: Option<HandlerFactory>,
     /// Record every raw frame and feed decision here (`--record DIR`).
     pub record_dir: Option<std::path::PathBuf>,
+    /// A socket with no data frame for this long marks its Live books Stale.
+    pub stale_after: Duration,
 }
 
 impl std::fmt::Debug for dyn BookHandler {
@@ -125,6 +127,8 @@ struct Counters {
     resyncs: u64,
     /// Books marked Resyncing because their socket ended.
     resyncs_connection_lost: u64,
+    /// Stale books resynced when their socket's data resumed.
+    resyncs_after_silence: u64,
     reconnects: u64,
     connect_failures: u64,
     pong_timeouts: u64,
@@ -148,6 +152,8 @@ struct Sock {
     opened_at: Instant,
     last_pong: Instant,
     last_data: Instant,
+    /// Silent for `stale_after`: its Live books were marked Stale.
+    stale: bool,
     frames: u64,
     /// Tokens this socket is subscribed to (more than the slot's when unsubscribe is off:
     /// the difference is pollution).
@@ -251,7 +257,13 @@ pub async fn run(
             }
             Command::GetBook { token, depth, reply } => {
                 let s = shard.borrow();
-                let json = s.store.get(token.as_str()).map(|b| book_json(b, depth));
+                let json = s.store.get(token.as_str()).map(|b| {
+                    let fresh = Freshness {
+                        now_ms: wall_ms(),
+                        feed_silent_ms: feed_silent_ms(&s, b.feed()),
+                    };
+                    book_json(b, depth, fresh)
+                });
                 let _ = reply.send(json);
             }
             Command::Stats { reply } => {
@@ -287,8 +299,16 @@ pub async fn run(
     tracing::info!(shard = shard_id, "data shard stopped");
 }
 
-/// The BOOK JSON shape plus the parameters the API adds.
-pub fn book_json(book: &polybook::Book, depth: Option<usize>) -> String {
+/// How fresh a book is, from the data shard's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Freshness {
+    pub now_ms: u64,
+    /// Time since the book's connection last delivered a data frame (None: no connection).
+    pub feed_silent_ms: Option<u64>,
+}
+
+/// The BOOK JSON shape plus the parameters and freshness the API adds.
+pub fn book_json(book: &polybook::Book, depth: Option<usize>, fresh: Freshness) -> String {
     let view = BookView { book, depth };
     let mut v = serde_json::to_value(&view).unwrap_or(serde_json::Value::Null);
     if let Some(obj) = v.as_object_mut() {
@@ -296,8 +316,29 @@ pub fn book_json(book: &polybook::Book, depth: Option<usize>) -> String {
         obj.insert("min_order_size".into(), serde_json::json!(meta.min_order_size));
         obj.insert("neg_risk".into(), serde_json::json!(meta.neg_risk));
         obj.insert("updated_at_ms".into(), serde_json::json!(book.timestamp_ms()));
+        let received = book.received_ms();
+        obj.insert("received_at_ms".into(), serde_json::json!(received));
+        let age = (received > 0).then(|| fresh.now_ms.saturating_sub(received));
+        obj.insert("age_ms".into(), serde_json::json!(age));
+        obj.insert("feed_silent_ms".into(), serde_json::json!(fresh.feed_silent_ms));
     }
     v.to_string()
+}
+
+/// Unix ms from the wall clock: the stamp the store puts on the books it changes.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long the socket `feed` has been without a data frame.
+fn feed_silent_ms(s: &Shard, feed: u32) -> Option<u64> {
+    s.conns
+        .values()
+        .flat_map(|c| c.sockets.iter())
+        .find(|k| k.feed == feed)
+        .map(|k| k.last_data.elapsed().as_millis() as u64)
 }
 
 fn track(shard: &ShardRef, specs: Vec<MarketSpec>) {
@@ -559,6 +600,7 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
             opened_at: opened,
             last_pong: opened,
             last_data: opened,
+            stale: false,
             frames: 0,
             subscribed: tokens.iter().cloned().collect(),
             awaiting: tokens.iter().map(|t| (t.clone(), (opened, 0))).collect(),
@@ -615,16 +657,22 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 let s = &mut *s;
                 s.counters.bytes += text.len() as u64;
                 let pong = text == "PONG";
+                let mut was_stale = false;
                 if let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) {
                     sock.frames += 1;
                     if pong {
                         sock.last_pong = recv;
                     } else {
                         sock.last_data = recv;
+                        was_stale = std::mem::take(&mut sock.stale);
                     }
                 }
                 if pong {
                     continue;
+                }
+                s.store.set_now_ms(wall_ms());
+                if was_stale {
+                    resync_stale_books(s, conn_id, feed);
                 }
                 if let Some(r) = s.recorder.as_mut() {
                     r.frame(now_ns(), feed, text);
@@ -641,6 +689,7 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                     tracing::debug!(conn = conn_id, errors = ?report.errors, "frame errors");
                 }
                 if !resync_tokens.is_empty() {
+                    s.counters.resyncs += resync_tokens.len() as u64;
                     resync(s, conn_id, feed, &resync_tokens);
                 }
                 let ns = recv.elapsed().as_nanos() as u64;
@@ -881,11 +930,55 @@ async fn watchdog(
         }
         {
             let mut s = shard.borrow_mut();
+            mark_stale_if_silent(&mut s, conn_id, feed, now);
             redrive_late_tokens(&mut s, conn_id, feed, now, first_book);
             hints_and_resolutions(&mut s);
         }
         future::or(glommio::timer::sleep(tick), kill.wait()).await;
     }
+}
+
+/// A socket without data for `stale_after` marks its Live books Stale (once, until data).
+fn mark_stale_if_silent(s: &mut Shard, conn_id: u32, feed: u32, now: Instant) {
+    let after = s.cfg.stale_after;
+    let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) else { return };
+    if sock.stale || now.saturating_duration_since(sock.last_data) < after {
+        return;
+    }
+    sock.stale = true;
+    let mut sink = ShardSink {
+        resync: Vec::new(),
+        handler: s.handler.as_deref_mut(),
+        tap: &mut s.tap,
+        clock: &mut s.clock,
+    };
+    let n = s.store.mark_feed_stale(FeedId(feed), &mut sink);
+    if n > 0 {
+        tracing::warn!(conn = conn_id, feed, books = n, "no data: books stale");
+    }
+}
+
+/// Data flows again after a silence: what was lost in it is unknown (the venue replays
+/// nothing), so the books that went Stale get fresh snapshots; a book the silence did not hurt
+/// costs one resubscribe. Books that changed since are Live again already.
+fn resync_stale_books(s: &mut Shard, conn_id: u32, feed: u32) {
+    let stale = s.store.stale_tokens(FeedId(feed));
+    if stale.is_empty() {
+        return;
+    }
+    let mut sink = ShardSink {
+        resync: Vec::new(),
+        handler: s.handler.as_deref_mut(),
+        tap: &mut s.tap,
+        clock: &mut s.clock,
+    };
+    for t in &stale {
+        s.store.mark_resyncing(t.as_str(), &mut sink);
+    }
+    let tokens = sink.resync;
+    tracing::info!(conn = conn_id, feed, books = tokens.len(), "data again: resyncing stale books");
+    s.counters.resyncs_after_silence += tokens.len() as u64;
+    resync(s, conn_id, feed, &tokens);
 }
 
 fn redrive_late_tokens(s: &mut Shard, conn_id: u32, feed: u32, now: Instant, timeout: Duration) {
@@ -923,8 +1016,7 @@ fn redrive_late_tokens(s: &mut Shard, conn_id: u32, feed: u32, now: Instant, tim
 /// a new subscription starts with a `book`). Without dynamic subscribe the slot is recycled.
 fn resync(s: &mut Shard, conn_id: u32, feed: u32, tokens: &[TokenId]) {
     let custom = s.cfg.custom_features;
-    s.counters.resyncs += tokens.len() as u64;
-    tracing::warn!(conn = conn_id, tokens = tokens.len(), "resyncing books after failed checks");
+    tracing::warn!(conn = conn_id, tokens = tokens.len(), "resyncing books");
     let dynamic = s.cfg.dynamic_subscribe;
     let Some(sock) = s.conns.get_mut(&conn_id).and_then(|c| c.sock_mut(feed)) else { return };
     if !dynamic {
@@ -990,6 +1082,7 @@ fn stats(s: &Shard) -> ShardStats {
         redrives: c.redrives,
         resyncs: c.resyncs,
         resyncs_connection_lost: c.resyncs_connection_lost,
+        resyncs_after_silence: c.resyncs_after_silence,
         suspect_ms_total: s.clock.suspect_ms,
         resyncing_ms_total: s.clock.resyncing_ms,
         bytes: c.bytes,
@@ -1015,6 +1108,7 @@ fn stats(s: &Shard) -> ShardStats {
             BookStatus::Suspect => st.books_suspect += 1,
             BookStatus::Resyncing => st.books_resyncing += 1,
             BookStatus::Resolved => st.books_resolved += 1,
+            BookStatus::Stale => st.books_stale += 1,
         }
     }
     for (&id, conn) in &s.conns {

@@ -84,6 +84,7 @@ pub struct ShardStats {
     pub books_suspect: usize,
     pub books_resyncing: usize,
     pub books_resolved: usize,
+    pub books_stale: usize,
     pub connections: Vec<ConnStats>,
     pub reconnects: u64,
     pub connect_failures: u64,
@@ -94,6 +95,7 @@ pub struct ShardStats {
     /// (`resyncs_connection_lost`), first book late (`redrives`).
     pub resyncs: u64,
     pub resyncs_connection_lost: u64,
+    pub resyncs_after_silence: u64,
     /// Time spent Suspect / Resyncing, summed over books (ms).
     pub suspect_ms_total: u64,
     pub resyncing_ms_total: u64,

@@ -209,6 +209,7 @@ fn start_with(
             handoff_timeout: Duration::from_millis(cfg.lifecycle.handoff_timeout_ms),
             handler: handler.clone(),
             record_dir: record_dir.clone(),
+            stale_after: Duration::from_millis(cfg.integrity.stale_after_ms),
             store: StoreConfig {
                 verify_hash: cfg.integrity.verify_hash,
                 failed_checks_max: cfg.integrity.failed_checks_max,

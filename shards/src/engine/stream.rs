@@ -99,7 +99,8 @@ impl StreamTap {
 }
 
 fn snapshot_json(book: &Book, seq: u64, depth: Option<usize>) -> Arc<str> {
-    let b = super::data::book_json(book, depth);
+    let fresh = super::data::Freshness { now_ms: super::data::wall_ms(), feed_silent_ms: None };
+    let b = super::data::book_json(book, depth, fresh);
     Arc::from(format!(
         "{{\"type\":\"snapshot\",\"token_id\":\"{}\",\"seq\":{seq},\"book\":{b}}}",
         book.token()
