@@ -1,8 +1,11 @@
 //! `config.toml`: parsed with unknown keys rejected, then validated once into [`ValidConfig`],
 //! which the rest of the runtime takes as proof that every limit is in range.
 
+use futures_rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use std::path::Path;
+
+use crate::net::parse_pem_roots;
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,11 @@ pub struct Endpoints {
     pub gamma_url: String,
     pub clob_url: String,
     pub ws_url: String,
+    /// PEM file of extra trusted roots (a private CA, a test venue's self-signed certificate),
+    /// trusted besides the bundled webpki roots for https and wss. Relative to the working
+    /// directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_roots_file: Option<String>,
 }
 
 impl Default for Endpoints {
@@ -59,6 +67,7 @@ impl Default for Endpoints {
             gamma_url: "https://gamma-api.polymarket.com".into(),
             clob_url: "https://clob.polymarket.com".into(),
             ws_url: "wss://ws-subscriptions-clob.polymarket.com/ws/market".into(),
+            tls_roots_file: None,
         }
     }
 }
@@ -238,12 +247,23 @@ impl Default for Log {
 
 /// A configuration whose every limit was checked; only [`Config::validate`] makes one.
 #[derive(Debug, Clone)]
-pub struct ValidConfig(Config);
+pub struct ValidConfig {
+    config: Config,
+    /// The certificates of `endpoints.tls_roots_file`, read and checked once.
+    tls_roots: Vec<CertificateDer<'static>>,
+}
 
 impl std::ops::Deref for ValidConfig {
     type Target = Config;
     fn deref(&self) -> &Config {
-        &self.0
+        &self.config
+    }
+}
+
+impl ValidConfig {
+    /// Extra trusted roots from `endpoints.tls_roots_file` (empty without one).
+    pub fn tls_roots(&self) -> &[CertificateDer<'static>] {
+        &self.tls_roots
     }
 }
 
@@ -352,8 +372,18 @@ impl Config {
                 ));
             }
         }
-        Ok(ValidConfig(self))
+        let tls_roots = match &self.endpoints.tls_roots_file {
+            None => Vec::new(),
+            Some(path) => read_tls_roots(path)?,
+        };
+        Ok(ValidConfig { config: self, tls_roots })
     }
+}
+
+fn read_tls_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let key = "endpoints.tls_roots_file";
+    let pem = std::fs::read(path).map_err(|e| invalid(key, path, &format!("cannot read: {e}")))?;
+    parse_pem_roots(&pem).map_err(|why| invalid(key, path, &why))
 }
 
 #[cfg(test)]
@@ -395,5 +425,33 @@ mod tests {
         let r =
             Config::from_toml("[layout]\ndata_cores = [1, 2]\n", "x").and_then(Config::validate);
         assert!(r.is_ok());
+    }
+
+    #[test]
+    fn tls_roots_file_is_read_at_validation_with_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("polybook-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let id = crate::net::TlsIdentity::self_signed_localhost().unwrap_or_else(|e| panic!("{e}"));
+        let good = dir.join("good.pem");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&good, id.cert_pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&junk, "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
+        let with = |path: &Path| {
+            let text = format!("[endpoints]\ntls_roots_file = {:?}\n", path.display().to_string());
+            Config::from_toml(&text, "x").and_then(Config::validate)
+        };
+        let valid = with(&good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(valid.tls_roots(), [id.cert_der().clone()]);
+        assert!(Config::default().validate().is_ok_and(|c| c.tls_roots().is_empty()));
+        for (path, why) in [(junk, "no PEM CERTIFICATE"), (dir.join("missing.pem"), "cannot read")]
+        {
+            match with(&path) {
+                Err(e @ ConfigError::Invalid { key: "endpoints.tls_roots_file", .. }) => {
+                    assert!(e.to_string().contains(why), "{e}");
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -96,21 +96,37 @@ struct SimArgs {
     /// Random faults per minute (drops, 1013 closes, silence, duplicates, malformed, 429s).
     #[arg(long, default_value_t = 0.0)]
     faults_per_minute: f64,
+    /// Serve https and wss (on `localhost`) with a self-signed certificate made at start-up.
+    #[arg(long)]
+    tls: bool,
+    /// Write that certificate as PEM to this file (for `endpoints.tls_roots_file`).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cert_out: Option<PathBuf>,
 }
 
 impl SimArgs {
-    fn config(&self) -> polybook_shards::sim_server::SimServerConfig {
-        use polybook_shards::sim_server::{RandomFaults, SimServerConfig};
-        SimServerConfig {
+    fn config(&self) -> anyhow::Result<polybook_shards::sim_server::SimServerConfig> {
+        use polybook_shards::sim_server::{RandomFaults, SimServerConfig, TlsIdentity};
+        let tls = if self.tls { Some(TlsIdentity::self_signed_localhost()?) } else { None };
+        if let (Some(id), Some(path)) = (&tls, &self.cert_out) {
+            write_cert(id, path)?;
+        }
+        Ok(SimServerConfig {
             listen: self.listen.clone(),
             seed: self.seed,
             markets: self.markets,
             rate: self.rate,
             random_faults: (self.faults_per_minute > 0.0)
                 .then_some(RandomFaults { seed: self.seed, per_minute: self.faults_per_minute }),
+            tls,
             ..SimServerConfig::default()
-        }
+        })
     }
+}
+
+fn write_cert(id: &polybook_shards::sim_server::TlsIdentity, path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, id.cert_pem())
+        .with_context(|| format!("cannot write the certificate to {}", path.display()))
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -208,8 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sim { sim } => {
             init_logging("info", cli.log_json);
-            let handle = polybook_shards::sim_server::spawn_sim_server(sim.config())?;
+            let handle = polybook_shards::sim_server::spawn_sim_server(sim.config()?)?;
             println!("simulated exchange on {} (markets: {})", handle.http_url(), sim.markets);
+            match (&sim.cert_out, handle.cert_pem()) {
+                (Some(path), Some(_)) => println!("  certificate (PEM): {}", path.display()),
+                // Printed so it can still be trusted; --cert-out writes it to a file instead.
+                (None, Some(pem)) => print!("  certificate:\n{pem}"),
+                _ => {}
+            }
             println!("  gamma: {}/markets/keyset?closed=false&limit=100", handle.http_url());
             println!("  clob:  {}/book?token_id=...", handle.http_url());
             println!("  ws:    {}", handle.ws_url());
@@ -227,7 +249,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if config.exists() { Config::load(&config)? } else { Config::default() };
             init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
             let started = std::time::Instant::now();
-            let handle = polybook_shards::sim_server::spawn_sim_server(sim.config())?;
+            let sim_cfg = sim.config()?;
+            // The engine trusts the simulator's certificate the way a user would: through
+            // `tls_roots_file`. Without --cert-out it goes to a file of this process's own.
+            let mut demo_cert = None;
+            if let Some(id) = &sim_cfg.tls {
+                let path = match &sim.cert_out {
+                    Some(path) => path.clone(),
+                    None => {
+                        let path = std::env::temp_dir()
+                            .join(format!("polybook-demo-{}.pem", std::process::id()));
+                        write_cert(id, &path)?;
+                        demo_cert = Some(path.clone());
+                        path
+                    }
+                };
+                cfg.endpoints.tls_roots_file = Some(path.display().to_string());
+            }
+            let handle = polybook_shards::sim_server::spawn_sim_server(sim_cfg)?;
             cfg.endpoints.gamma_url = handle.http_url();
             cfg.endpoints.clob_url = handle.http_url();
             cfg.endpoints.ws_url = handle.ws_url();
@@ -254,6 +293,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             wait_for_signal_or_failure(engine.failures())?;
             engine.stop();
             handle.stop()?;
+            if let Some(path) = demo_cert {
+                let _ = std::fs::remove_file(path);
+            }
             Ok(())
         }
         Command::CheckConfig { config } => {

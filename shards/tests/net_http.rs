@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use polybook_shards::net::{
-    http_get, http_post_json, http_request, ConnectOptions, Handler, HttpConnection, NetError,
-    Request, Response, Server, ServerConfig, Shutdown,
+    http_get, http_post_json, http_request, tls_config_with_extra_roots, ConnectOptions, Handler,
+    HttpConnection, NetError, Request, Response, Server, ServerConfig, Shutdown, TlsIdentity,
+    USER_AGENT,
 };
 use serde_json::{json, Value};
 
@@ -26,11 +27,13 @@ fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F) {
 #[derive(Default)]
 struct App {
     peers: RefCell<Vec<Option<SocketAddr>>>,
+    agents: RefCell<Vec<Option<String>>>,
 }
 
 impl Handler for App {
     fn handle(&self, req: &Request) -> Response {
         self.peers.borrow_mut().push(req.peer);
+        self.agents.borrow_mut().push(req.header("user-agent").map(str::to_owned));
         match (req.method.as_str(), req.path.as_str()) {
             ("GET" | "HEAD", "/book") => match req.query_param("token_id") {
                 Some(id) => Response::json(200, &json!({ "token_id": id, "q": req.raw_query })),
@@ -334,5 +337,46 @@ fn a_closure_is_a_handler() {
         assert_eq!((resp.status, resp.text().as_str()), (200, "/any/path"));
         shutdown.trigger();
         task.await;
+    });
+}
+
+#[test]
+fn https_keep_alive_clean_rejects_and_plain_clients_on_a_tls_port() {
+    run(|| async {
+        let id = TlsIdentity::self_signed_localhost().unwrap_or_else(|e| panic!("{e}"));
+        let tls = id.server_config().unwrap_or_else(|e| panic!("{e}"));
+        let r = start(ServerConfig { tls: Some(tls), max_body: 16, ..ServerConfig::default() });
+        let roots = [id.cert_der().clone()];
+        let client_tls = tls_config_with_extra_roots(&roots).unwrap_or_else(|e| panic!("{e}"));
+        let opts = ConnectOptions { tls: Some(client_tls), ..ConnectOptions::default() };
+
+        // Plain HTTP on the TLS port fails its handshake and is dropped; nothing is routed.
+        let junk = raw_exchange(r.addr, b"GET /book?token_id=1 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(!junk.starts_with("HTTP/"), "{junk}");
+        assert!(r.app.peers.borrow().is_empty());
+
+        // The name in the URL is the one the certificate is for, so it is checked for real.
+        let base = format!("https://localhost:{}", r.addr.port());
+        let mut conn =
+            HttpConnection::connect(&base, &opts).await.unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..3 {
+            let resp = conn.request("GET", &format!("/book?token_id={i}"), None).await;
+            let resp = resp.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        assert!(conn.is_reusable());
+        // A rejection is read whole over TLS too (close_notify and a drain, never a reset).
+        let big = vec![b'x'; 4096];
+        let resp = http_request("POST", &format!("{base}/echo"), Some(("text/plain", &big)), &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status, 413, "{}", resp.text());
+        // The default trust (webpki roots only) refuses the self-signed certificate.
+        let err = http_get(&format!("{base}/book?token_id=1")).await.err();
+        assert!(err.is_some_and(|e| e.to_string().contains("certificate")));
+        let agents = r.app.agents.borrow().clone();
+        assert_eq!(agents.len(), 3);
+        assert!(agents.iter().all(|a| a.as_deref() == Some(USER_AGENT)), "{agents:?}");
+        stop(r).await;
     });
 }

@@ -1,16 +1,31 @@
 //! Gamma discovery: page through `/markets/keyset` on a blocking thread (ureq must never run
 //! on an executor), within a request budget, backing off on 429 and 5xx. A failed run changes
 //! nothing: the caller keeps its last good registry.
+//!
+//! ureq's TLS trust is always given explicitly ([`gamma_tls_config`]): its default
+//! (`RootCerts::WebPki`) panics on the first https request when ureq's own webpki feature is
+//! off, as it is here to keep ring the only rustls provider (issue 11).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_rustls::pki_types::CertificateDer;
 use polybook::protocol::gamma::{parse_keyset_page, GammaMarket};
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+use crate::net::{ring_provider, USER_AGENT};
 
 /// Why a discovery run failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("gamma request failed: {0}")]
     Transport(String),
+    /// Not retried within the run: another handshake would fail the same way.
+    #[error(
+        "gamma TLS failed: {0} (for a private CA or a self-signed server, add its certificate \
+         to endpoints.tls_roots_file)"
+    )]
+    Tls(String),
     #[error("gamma answered HTTP {status} {attempts} times in a row")]
     Status { status: u16, attempts: u32 },
     #[error("gamma page unusable: {0}")]
@@ -27,6 +42,46 @@ pub struct DiscoveryLimits {
     pub markets_max: usize,
     pub retries_max: u32,
     pub request_timeout: Duration,
+    /// Trust for an https Gamma; build it with [`gamma_tls_config`].
+    pub tls: TlsConfig,
+}
+
+/// ureq's TLS config for Gamma: rustls with ring, trusting the webpki roots plus `extra`.
+pub fn gamma_tls_config(extra: &[CertificateDer<'static>]) -> TlsConfig {
+    let roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .chain(extra)
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        // Named, not left to the process default, so it holds for any embedder too.
+        .unversioned_rustls_crypto_provider(ring_provider())
+        .build()
+}
+
+fn agent(limits: &DiscoveryLimits) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(limits.request_timeout))
+        .http_status_as_error(false)
+        .user_agent(USER_AGENT)
+        .tls_config(limits.tls.clone())
+        .build()
+        .into()
+}
+
+/// The TLS failure inside a ureq error, if that is what it is. rustls reports handshake
+/// failures through `io::Error`, so those are unwrapped too.
+fn tls_failure(e: &ureq::Error) -> Option<String> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r.to_string()),
+        ureq::Error::Tls(m) => Some((*m).to_owned()),
+        ureq::Error::Io(io) => {
+            io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).map(|r| r.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// What a run found.
@@ -72,11 +127,7 @@ pub fn lookup(
     value: &str,
     limits: &DiscoveryLimits,
 ) -> Result<Vec<GammaMarket>, DiscoveryError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(limits.request_timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent(limits);
     let url = format!(
         "{}/markets/keyset?closed=false&limit=10&{key}={}",
         base_url.trim_end_matches('/'),
@@ -130,11 +181,7 @@ fn enumerate(
     limits: &DiscoveryLimits,
     run: &mut DiscoveryRun,
 ) -> Result<(), DiscoveryError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(limits.request_timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent(limits);
     let mut cursor: Option<String> = None;
     let mut window_start = Instant::now();
     let mut in_window = 0u32;
@@ -206,10 +253,15 @@ fn fetch(
                 }
                 status
             }
-            Err(e) if attempt >= limits.retries_max => {
-                return Err(DiscoveryError::Transport(e.to_string()));
+            Err(e) => {
+                if let Some(why) = tls_failure(&e) {
+                    return Err(DiscoveryError::Tls(why));
+                }
+                if attempt >= limits.retries_max {
+                    return Err(DiscoveryError::Transport(e.to_string()));
+                }
+                0
             }
-            Err(_) => 0,
         };
         let retryable = status == 0 || status == 429 || status >= 500;
         if !retryable || attempt >= limits.retries_max {

@@ -17,7 +17,7 @@ use polybook::policy::Backoff;
 use polybook::StoreConfig;
 
 use crate::config::{DataCores, ValidConfig};
-use crate::net::{default_tls_config, ConnectOptions};
+use crate::net::{tls_config_with_extra_roots, ConnectOptions};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,17 +172,18 @@ fn start_with(
     handler: Option<HandlerFactory>,
     record_dir: Option<std::path::PathBuf>,
 ) -> Result<EngineHandle, EngineError> {
-    // ureq (discovery) uses the process-wide rustls provider: make it ring, like our wss.
+    // Discovery names ring itself; the process default is for anything else that asks.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let layout = resolve_layout(cfg, cpus)?;
     let (supervisor, failures) = supervise::Supervisor::new();
     let io_memory = cfg.layout.io_memory_kib << 10;
-    let tls = if cfg.endpoints.ws_url.starts_with("wss://") {
-        Some(default_tls_config().map_err(|e| EngineError::Tls(e.to_string()))?)
-    } else {
-        None
-    };
+    // One trust for every TLS connection (wss here, https REST through the same options):
+    // the webpki roots plus `endpoints.tls_roots_file`.
+    let tls = Some(
+        tls_config_with_extra_roots(cfg.tls_roots())
+            .map_err(|e| EngineError::Tls(e.to_string()))?,
+    );
     let c = &cfg.connections;
     let (report_tx, report_rx) = flume::bounded(4096);
     // Stream messages for /ws clients; a full channel costs clients a sequence gap, never the
@@ -241,6 +242,7 @@ fn start_with(
             markets_max: cfg.discovery.markets_max,
             retries_max: 5,
             request_timeout: Duration::from_secs(30),
+            tls: discovery::gamma_tls_config(cfg.tls_roots()),
         },
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
         api_listen: cfg.api.listen.clone(),

@@ -7,14 +7,14 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::{header, HeaderValue};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::WebSocketStream;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
@@ -25,74 +25,11 @@ use serde::Serialize;
 use super::error::NetError;
 use super::http::{body_kind, decode_chunked, find_header, BodyKind, ChunkError};
 use super::server::{read_more, with_timeout};
+use super::stream::{ClientStream, MaybeTls};
 
-/// A client connection: plain TCP or TLS over TCP. Both are `Unpin`, so the enum forwards the
-/// I/O traits without pinning tricks.
-pub enum ClientStream {
-    Plain(TcpStream),
-    // Boxed: a rustls connection is several KiB and would bloat every plain stream too.
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl ClientStream {
-    /// The TCP socket under the stream, e.g. to read its addresses.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientStream::Plain(s) => s,
-            ClientStream::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
-impl std::fmt::Debug for ClientStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self {
-            ClientStream::Plain(_) => "Plain",
-            ClientStream::Tls(_) => "Tls",
-        };
-        f.debug_struct("ClientStream").field("kind", &kind).finish()
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_close(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
+/// What every request of ours says it is: the venue sits behind Cloudflare, which treats
+/// requests without a User-Agent as suspect.
+pub const USER_AGENT: &str = concat!("polybook/", env!("CARGO_PKG_VERSION"));
 
 /// The client side of a WebSocket.
 pub type ClientWs = WebSocketStream<ClientStream>;
@@ -110,6 +47,8 @@ pub struct ConnectOptions {
     pub ws_config: Option<WebSocketConfig>,
     /// Largest HTTP response body accepted.
     pub max_response_body: usize,
+    /// `User-Agent` of HTTP requests and WebSocket handshakes; `None` sends none.
+    pub user_agent: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -120,6 +59,7 @@ impl Default for ConnectOptions {
             tls: None,
             ws_config: None,
             max_response_body: 64 << 20,
+            user_agent: Some(USER_AGENT.to_owned()),
         }
     }
 }
@@ -208,8 +148,7 @@ pub fn default_tls_config() -> Result<Arc<ClientConfig>, NetError> {
 
 /// A TLS client config trusting exactly `roots` (tests use it with a self-signed certificate).
 pub fn tls_config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, NetError> {
-    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let config = ClientConfig::builder_with_provider(super::tls::ring_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| NetError::Tls(e.to_string()))?
         .with_root_certificates(roots)
@@ -264,7 +203,7 @@ pub async fn connect_stream(
     // Without it a TLS handshake waits on Nagle's timer (~43 ms measured) and so do frames.
     tcp.set_nodelay(true)?;
     if !target.tls {
-        return Ok(ClientStream::Plain(tcp));
+        return Ok(MaybeTls::Plain(tcp));
     }
     let config = match &opts.tls {
         Some(c) => Arc::clone(c),
@@ -275,7 +214,7 @@ pub async fn connect_stream(
     let tls = with_timeout(opts.io_timeout, TlsConnector::from(config).connect(name, tcp))
         .await
         .ok_or(NetError::Timeout("tls handshake"))??;
-    Ok(ClientStream::Tls(Box::new(tls)))
+    Ok(MaybeTls::Tls(Box::new(tls)))
 }
 
 /// Connects a WebSocket to a `ws://` or `wss://` URL with default options.
@@ -293,8 +232,14 @@ pub async fn connect_ws_with(url: &str, opts: &ConnectOptions) -> Result<ClientW
     if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
         return Err(NetError::BadUrl { url: url.to_owned(), reason: "scheme is not ws or wss" });
     }
+    let mut request = url.into_client_request()?;
+    if let Some(ua) = &opts.user_agent {
+        let value = HeaderValue::from_str(ua)
+            .map_err(|_| NetError::BadUrl { url: url.to_owned(), reason: "bad user agent" })?;
+        request.headers_mut().insert(header::USER_AGENT, value);
+    }
     let stream = connect_stream(&target, opts).await?;
-    let handshake = async_tungstenite::client_async_with_config(url, stream, opts.ws_config);
+    let handshake = async_tungstenite::client_async_with_config(request, stream, opts.ws_config);
     let (ws, _response) = with_timeout(opts.io_timeout, handshake)
         .await
         .ok_or(NetError::Timeout("ws handshake"))??;
@@ -380,9 +325,16 @@ impl HttpConnection {
         if unsafe_text(method) || unsafe_text(path) || !path.starts_with('/') {
             return Err(NetError::BadUrl { url: path.to_owned(), reason: "bad method or path" });
         }
+        let agent = self.opts.user_agent.as_deref();
+        if agent.is_some_and(|a| a.bytes().any(|b| b == b'\r' || b == b'\n')) {
+            return Err(NetError::BadUrl { url: path.to_owned(), reason: "bad user agent" });
+        }
         // Cleared first so that a timeout or error part-way leaves the connection unusable.
         self.reusable = false;
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        if let Some(agent) = agent {
+            head.push_str(&format!("user-agent: {agent}\r\n"));
+        }
         if let Some((ctype, bytes)) = body {
             head.push_str(&format!("content-type: {ctype}\r\ncontent-length: {}\r\n", bytes.len()));
         } else if method == "POST" || method == "PUT" || method == "PATCH" {

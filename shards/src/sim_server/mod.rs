@@ -13,9 +13,13 @@
 //! - `GET /markets/keyset?closed&limit&after_cursor`, `GET /markets?closed&limit&offset`
 //! - `GET /book?token_id=`, `POST /books` with `[{"token_id":".."}]`
 //! - WebSocket `/ws/market`
-//! - `GET /sim/book/{token}` (BOOK JSON of the truth), `GET /sim/markets`, `GET /sim/status`,
+//! - `GET /sim/book/{token}` (BOOK JSON of the truth), `GET /sim/markets`, `GET /sim/status`
+//!   (counters, including the last `User-Agent` per endpoint kind),
 //!   `POST /sim/pause`, `POST /sim/resume`, `POST /sim/step?n=N[&now_ms=T]`,
 //!   `POST /sim/fault` with `{"kind","conn","duration_ms","count"}`
+//!
+//! With [`SimServerConfig::tls`] the same port serves https and wss instead (a self-signed
+//! certificate for `localhost`: clients must trust [`TlsIdentity::cert_pem`]).
 //!
 //! ```no_run
 //! use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig};
@@ -39,11 +43,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use glommio::{LocalExecutorBuilder, Placement};
 use polybook::sim::{SimConfig, SimExchange};
 
+pub use crate::net::TlsIdentity;
 use crate::net::{NetError, Server, ServerConfig, Shutdown};
 pub use fault::{FaultKind, FaultRequest, RandomFaults, FAULT_DURATION_MS_DEFAULT};
 pub use routes::{NO_ORDERBOOK, STEP_N_MAX};
 use state::State;
-pub use state::{CloseCounts, EventCounts, FaultCounts, SimCounters};
+pub use state::{AgentSeen, CloseCounts, EventCounts, FaultCounts, SimCounters, UserAgents};
 pub use ws::SLOW_CONSUMER_REASON;
 
 /// How the simulated exchange runs.
@@ -74,6 +79,9 @@ pub struct SimServerConfig {
     pub server: ServerConfig,
     /// CPU to pin [`spawn_sim_server`]'s executor to; None: unbound.
     pub cpu: Option<usize>,
+    /// Serve https and wss with this certificate (e.g. [`TlsIdentity::self_signed_localhost`]);
+    /// None: plain http and ws.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for SimServerConfig {
@@ -91,6 +99,7 @@ impl Default for SimServerConfig {
             start_ms: None,
             server: ServerConfig::default(),
             cpu: None,
+            tls: None,
         }
     }
 }
@@ -120,7 +129,12 @@ impl SimServer {
     /// Validates the config, builds the market model and binds the listener.
     pub fn bind(cfg: SimServerConfig) -> Result<SimServer, SimServerError> {
         validate(&cfg)?;
-        let server = Server::bind(cfg.listen.as_str(), cfg.server.clone())
+        let mut server_cfg = cfg.server.clone();
+        if let Some(id) = &cfg.tls {
+            let tls = id.server_config().map_err(|e| SimServerError::Config(e.to_string()))?;
+            server_cfg.tls = Some(tls);
+        }
+        let server = Server::bind(cfg.listen.as_str(), server_cfg)
             .map_err(|source| SimServerError::Bind { addr: cfg.listen.clone(), source })?;
         let ex = SimExchange::new(SimConfig {
             seed: cfg.seed,
@@ -149,6 +163,7 @@ impl SimServer {
             seed = cfg.seed,
             markets = cfg.markets,
             rate = cfg.rate,
+            tls = cfg.tls.is_some(),
             "sim server listening"
         );
         let generator = glommio::spawn_local(driver::generate(
@@ -189,6 +204,8 @@ pub async fn serve(
 /// A simulated exchange on its own thread and executor. Dropping the handle stops it too.
 pub struct SimServerHandle {
     addr: SocketAddr,
+    /// The certificate's PEM when serving TLS.
+    cert_pem: Option<String>,
     stop: Option<flume::Sender<()>>,
     join: Option<glommio::ExecutorJoinHandle<Result<(), SimServerError>>>,
 }
@@ -198,14 +215,26 @@ impl SimServerHandle {
         self.addr
     }
 
-    /// `http://addr` (Gamma, CLOB REST and `/sim/` share it).
+    /// `http://addr` (Gamma, CLOB REST and `/sim/` share it), or with TLS
+    /// `https://localhost:PORT`: the name the certificate is for.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.cert_pem {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
-    /// `ws://addr/ws/market`.
+    /// `ws://addr/ws/market`, or with TLS `wss://localhost:PORT/ws/market`.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws/market", self.addr)
+        match self.cert_pem {
+            Some(_) => format!("wss://localhost:{}/ws/market", self.addr.port()),
+            None => format!("ws://{}/ws/market", self.addr),
+        }
+    }
+
+    /// The certificate clients must trust, as PEM; None without TLS.
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
     }
 
     /// Stops the server and waits for its thread.
@@ -240,6 +269,7 @@ impl std::fmt::Debug for SimServerHandle {
 /// Starts the exchange on a new thread with its own executor and returns once it listens.
 pub fn spawn_sim_server(cfg: SimServerConfig) -> Result<SimServerHandle, SimServerError> {
     validate(&cfg)?;
+    let cert_pem = cfg.tls.as_ref().map(TlsIdentity::cert_pem);
     let (addr_tx, addr_rx) = flume::bounded::<Result<SocketAddr, SimServerError>>(1);
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
@@ -270,6 +300,7 @@ pub fn spawn_sim_server(cfg: SimServerConfig) -> Result<SimServerHandle, SimServ
     let bound = addr_rx.recv().map_err(|_| SimServerError::Executor("did not start".into()));
     let mut handle = SimServerHandle {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        cert_pem,
         stop: Some(stop_tx),
         join: Some(join),
     };

@@ -53,6 +53,7 @@ struct MarketOut<'a> {
 
 impl Handler for Routes {
     fn handle(&self, req: &Request) -> Response {
+        self.note_agent(req);
         let path = req.path.as_str();
         let get = req.method == "GET" || req.method == "HEAD";
         let post = req.method == "POST";
@@ -86,6 +87,7 @@ impl Handler for Routes {
         if req.path != "/ws/market" {
             return None;
         }
+        self.note_agent(req);
         let (state, idle, shutdown) = (Rc::clone(&self.state), self.idle, self.shutdown.clone());
         Some(ws_task(move |ws| serve_conn(state, ws, idle, shutdown)))
     }
@@ -109,6 +111,18 @@ fn gamma_filter(req: &Request, closed: Option<bool>) -> GammaFilter {
 }
 
 impl Routes {
+    fn note_agent(&self, req: &Request) {
+        let mut st = self.state.borrow_mut();
+        let seen = &mut st.counters.user_agents;
+        let seen = match req.path.as_str() {
+            "/markets/keyset" | "/markets" => &mut seen.gamma,
+            "/book" | "/books" => &mut seen.clob,
+            "/ws/market" => &mut seen.ws,
+            _ => return,
+        };
+        seen.note(req.header("user-agent"));
+    }
+
     fn gamma(&self, req: &Request) -> Response {
         let mut st = self.state.borrow_mut();
         if let Some(status) = st.gamma_fault() {

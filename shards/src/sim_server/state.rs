@@ -164,6 +164,39 @@ pub struct CloseCounts {
     pub shutdown: u64,
 }
 
+/// The `User-Agent` of one kind of request, as the exchange saw it. The venue sits behind
+/// Cloudflare, so tests check that every request of the engine names itself.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentSeen {
+    pub requests: u64,
+    /// Requests without a `User-Agent` header (or with an empty one).
+    pub missing: u64,
+    /// The last one seen (cut to 256 characters).
+    pub last: Option<String>,
+}
+
+impl AgentSeen {
+    pub(crate) fn note(&mut self, agent: Option<&str>) {
+        self.requests += 1;
+        match agent.map(str::trim).filter(|a| !a.is_empty()) {
+            None => self.missing += 1,
+            Some(a) if self.last.as_deref() == Some(a) => {}
+            Some(a) => self.last = Some(a.chars().take(256).collect()),
+        }
+    }
+}
+
+/// `User-Agent`s by endpoint kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UserAgents {
+    /// `/markets/keyset`, `/markets`.
+    pub gamma: AgentSeen,
+    /// CLOB REST: `/book`, `/books`.
+    pub clob: AgentSeen,
+    /// `/ws/market` upgrade requests.
+    pub ws: AgentSeen,
+}
+
 /// The exchange's counters, as `/sim/status` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SimCounters {
@@ -185,6 +218,7 @@ pub struct SimCounters {
     /// A second `type:"market"` frame on an open connection (ignored, like the venue does).
     pub repeated_open_ignored: u64,
     pub pings: u64,
+    pub user_agents: UserAgents,
 }
 
 /// A client frame on the market channel (the venue tolerates extra keys).

@@ -16,10 +16,9 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_lite::future::{or, poll_fn};
 use futures_util::{SinkExt, StreamExt};
-use glommio::net::TcpStream;
 
 use super::state::{ConnId, End, Kill, State, Work, BATCH_MAX};
-use crate::net::{Message, ServerWs, Shutdown};
+use crate::net::{Message, ServerStream, ServerWs, Shutdown};
 
 /// The venue's reason text for slow consumers (protocol doc §4).
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: send buffer full";
@@ -61,7 +60,7 @@ pub(crate) async fn serve_conn(
 async fn read_loop(
     state: &RefCell<State>,
     id: ConnId,
-    rx: &mut WebSocketReceiver<TcpStream>,
+    rx: &mut WebSocketReceiver<ServerStream>,
     idle: Duration,
 ) -> End {
     loop {
@@ -82,7 +81,7 @@ async fn read_loop(
 async fn write_loop(
     state: &RefCell<State>,
     id: ConnId,
-    tx: &mut WebSocketSender<TcpStream>,
+    tx: &mut WebSocketSender<ServerStream>,
 ) -> End {
     let mut batch: Vec<Utf8Bytes> = Vec::with_capacity(BATCH_MAX);
     loop {

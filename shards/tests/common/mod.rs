@@ -2,17 +2,43 @@
 //! polling with deadlines (no timing asserts), and the truth comparison.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_rustls::pki_types::CertificateDer;
 use polybook_shards::config::{Config, DataCores, ValidConfig};
 use polybook_shards::engine::EngineHandle;
-use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig, SimServerHandle};
+use polybook_shards::sim_server::{
+    spawn_sim_server, SimServerConfig, SimServerHandle, TlsIdentity,
+};
 use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// Certificates of the TLS simulators started by this test binary; the helpers' own requests
+/// trust exactly these (tests never reach a real venue, so no webpki roots).
+static TRUSTED: Mutex<Vec<CertificateDer<'static>>> = Mutex::new(Vec::new());
+
+/// What the helpers' requests call themselves: not the engine's name, so a test that checks
+/// the User-Agent the simulator saw cannot be fooled by its own requests.
+pub const TEST_USER_AGENT: &str = "polybook-tests";
 
 pub fn agent() -> ureq::Agent {
+    let roots: Vec<Certificate<'static>> = TRUSTED
+        .lock()
+        .map(|t| t.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect())
+        .unwrap_or_default();
+    // Explicit: ureq's default roots (WebPki) panic with the features this crate builds it with.
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(polybook_shards::net::ring_provider())
+        .build();
     ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
+        .user_agent(TEST_USER_AGENT)
+        .tls_config(tls)
         .build()
         .into()
 }
@@ -81,6 +107,32 @@ pub fn engine_config_with(
 pub fn sim(seed: u64, markets: usize, rate: f64) -> SimServerHandle {
     spawn_sim_server(SimServerConfig { seed, markets, rate, ..SimServerConfig::default() })
         .unwrap_or_else(|e| panic!("sim: {e}"))
+}
+
+/// A simulator serving https and wss with a fresh self-signed certificate, which the helpers
+/// trust; returns it with the certificate's PEM file (for `tls_roots_file`).
+pub fn tls_sim(seed: u64, markets: usize, rate: f64) -> (SimServerHandle, PathBuf) {
+    let id = TlsIdentity::self_signed_localhost().unwrap_or_else(|e| panic!("identity: {e}"));
+    if let Ok(mut t) = TRUSTED.lock() {
+        t.push(id.cert_der().clone());
+    }
+    let cfg = SimServerConfig { seed, markets, rate, tls: Some(id), ..SimServerConfig::default() };
+    let sim = spawn_sim_server(cfg).unwrap_or_else(|e| panic!("sim: {e}"));
+    let pem = std::env::temp_dir().join(format!(
+        "polybook-test-{}-{}.pem",
+        std::process::id(),
+        sim.addr().port()
+    ));
+    std::fs::write(&pem, sim.cert_pem().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("write {}: {e}", pem.display()));
+    (sim, pem)
+}
+
+/// The same engine config with `endpoints.tls_roots_file` set (or cleared), validated again.
+pub fn with_tls_roots(cfg: ValidConfig, roots: Option<&Path>) -> ValidConfig {
+    let mut c = (*cfg).clone();
+    c.endpoints.tls_roots_file = roots.map(|p| p.display().to_string());
+    c.validate().unwrap_or_else(|e| panic!("config: {e}"))
 }
 
 pub fn stats(engine: &EngineHandle) -> Value {
