@@ -171,7 +171,11 @@ pub fn replay_record_line(
     use crate::store::FeedId;
     match line {
         RecordLine::Header => None,
-        RecordLine::Frame { feed, frame, .. } => {
+        RecordLine::Frame { recv_ns, feed, frame } => {
+            // The store's clock is the receive time, as it was in the engine.
+            let now_ms = recv_ns / 1_000_000;
+            store.set_now_ms(now_ms);
+            store.settle(now_ms, sink);
             Some(store.apply_frame_from(FeedId(*feed), frame, sink))
         }
         RecordLine::Track { market, meta, tokens } => {

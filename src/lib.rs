@@ -9,6 +9,7 @@
 //! - [`protocol`]: market-channel frames decoded zero-copy; subscribe frames encoded.
 //! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
+//! - [`checks`]: burst-aware hash and best bid/ask verdicts (claims judged over a window).
 //! - [`policy`]: backoff, watchdog verdicts, market-to-connection placement.
 //! - [`registry`]: which markets a Gamma listing may close (listing sanity).
 //! - [`routing`]: `shard_for(market)`, the one hash that places markets on shards.
@@ -21,6 +22,7 @@
 
 pub mod book;
 pub mod capture;
+pub mod checks;
 pub mod decimal;
 pub mod ids;
 pub mod policy;

@@ -7,6 +7,7 @@ use hashbrown::HashMap;
 
 use crate::book::hash::{book_hash, parse_hex};
 use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
+use crate::checks::{BookChecks, CheckCounts, CheckWindow, Tally};
 use crate::decimal::{Price, Size};
 use crate::ids::{MarketId, TokenId};
 use crate::protocol::market::{
@@ -42,6 +43,11 @@ pub struct StoreConfig {
     pub default_meta: TokenMeta,
     /// Most `new_market` hints kept until drained; more are counted and dropped.
     pub new_market_hints_max: usize,
+    /// How long a hash or BBO claim may wait for a matching state (bursts, see `checks`).
+    pub window: CheckWindow,
+    /// A Suspect book that stays divergent this long (store clock) is marked Resyncing even
+    /// if it goes quiet; `failed_checks_max` divergent runs in a row do it sooner.
+    pub divergence_ms_min: u64,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +58,8 @@ impl Default for StoreConfig {
             failed_checks_max: 3,
             default_meta: TokenMeta::default(),
             new_market_hints_max: 1024,
+            window: CheckWindow::default(),
+            divergence_ms_min: 1_000,
         }
     }
 }
@@ -139,6 +147,11 @@ pub struct StoreCounters {
     pub not_feed: u64,
     /// Feed handoffs completed (a new connection's snapshot took a book over).
     pub feed_handoffs: u64,
+    /// Hash verdicts per entry, by kind (`hash_checks`/`hash_mismatches` are their judged and
+    /// divergent totals).
+    pub hash: CheckCounts,
+    /// Best bid/ask verdicts per entry, by kind.
+    pub bbo: CheckCounts,
 }
 
 /// Decode errors by kind.
@@ -221,6 +234,9 @@ pub struct BookStore {
     /// The owner's clock (unix ms), given by the shell before each frame: the store reads no
     /// clock. Stamped on each book it changes.
     now_ms: u64,
+    /// Books with open claims, for [`BookStore::settle`].
+    unsettled: hashbrown::HashSet<TokenId>,
+    ended: Vec<[u8; 20]>,
 }
 
 impl BookStore {
@@ -234,12 +250,61 @@ impl BookStore {
             resolved: Vec::new(),
             scratch: String::with_capacity(4096),
             now_ms: 0,
+            unsettled: hashbrown::HashSet::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Lets time pass (store clock, unix ms): runs quiet for `run_quiet_ms` end, claims
+    /// unmatched for `window_ms` after their run are judged divergent. The owner calls it on a
+    /// timer; replay calls it per line and with `u64::MAX` at the end.
+    pub fn settle(&mut self, now_ms: u64, sink: &mut impl UpdateSink) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        let tokens: Vec<TokenId> = self.unsettled.drain().collect();
+        let w = self.config.window;
+        for token in tokens {
+            let Some(book) = self.books.get_mut(token.as_str()) else { continue };
+            let mut ck = book.take_checks();
+            let (mut th, mut tb) = (Tally::default(), Tally::default());
+            self.ended.clear();
+            ck.hash.settle(now_ms, w, &mut self.ended, &mut th);
+            ck.bbo.settle(now_ms, w, &mut Vec::new(), &mut tb);
+            let ts = book.timestamp_ms();
+            let mut learned = None;
+            for v in self.ended.drain(..) {
+                if learn_ltp(book, v, ts, &mut self.scratch, &mut self.counters) {
+                    ck.hash.resolve(&v, ck.step, &mut th);
+                    learned = learned_ltp(book, None);
+                }
+            }
+            let witness =
+                self.config.verify_hash && book_hash(book, ts, &mut self.scratch).is_some();
+            judge(book, &mut ck, &th, &tb, witness, &self.config, now_ms, &mut self.counters, sink);
+            // A divergence that persists asks for a fresh snapshot even if the book goes quiet.
+            let persisted = ck
+                .diverged_at_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.divergence_ms_min);
+            if book.status() == BookStatus::Suspect && persisted {
+                set_status(book, BookStatus::Resyncing, &mut self.counters, sink);
+            }
+            if !ck.is_empty() || book.status() == BookStatus::Suspect {
+                self.unsettled.insert(token.clone());
+            }
+            book.put_checks(ck);
+            if let Some((market, ltp)) = learned {
+                self.share_ltp(&market, ltp);
+            }
         }
     }
 
     /// Sets the clock (unix ms) that stamps the books changed from now on.
     pub fn set_now_ms(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+    }
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// Books fed by `feed` whose connection went silent: Live → Stale. Returns how many.
@@ -497,11 +562,32 @@ impl BookStore {
             _ => None,
         };
         book.set_verified(verdict == Some(true));
+        // Claims about the replaced states are moot; a claim of this very state matched.
+        let mut ck = book.take_checks();
+        let (mut th, mut tb) = (Tally::default(), Tally::default());
+        let own = venue.filter(|_| verdict == Some(true));
+        ck.hash.supersede(|v| Some(*v) == own, &mut th);
+        ck.bbo.supersede(|v| bbo_agrees(book, v.0, v.1), &mut tb);
+        match verdict {
+            Some(true) => th.now += 1,
+            Some(false) => th.divergent += 1,
+            None => {}
+        }
+        if verdict.is_none() && venue.is_some() && self.config.verify_hash {
+            self.counters.hash.unverifiable += 1;
+        }
+        self.counters.hash.add(&th);
+        self.counters.bbo.add(&tb);
+        ck.diverged_at_ms = if verdict == Some(false) { Some(self.now_ms) } else { None };
+        book.put_checks(ck);
         // A snapshot is the venue's full state: it is Live unless its own hash disagrees.
         let status = if verdict == Some(false) { None } else { Some(BookStatus::Live) };
         match status {
             Some(s) => set_status(book, s, &mut self.counters, sink),
             None => record_failed_check(book, &self.config, &mut self.counters, sink),
+        }
+        if book.status() == BookStatus::Suspect {
+            self.unsettled.insert(book.token().clone());
         }
         let learned = learned_ltp(book, ltp_before);
         if let Some((market, ltp)) = learned {
@@ -551,49 +637,90 @@ impl BookStore {
             if !admit(book, feed, &mut self.counters) {
                 continue;
             }
+            let now_ms = self.now_ms;
+            let w = self.config.window;
+            let verify = self.config.verify_hash;
+            let mut ck = book.take_checks();
+            let (mut th, mut tb) = (Tally::default(), Tally::default());
+            // A later timestamp ends the token's previous run: the book as it is now is the
+            // state after that run, where an unannounced trade price may be learned.
+            let mut learned = None;
+            self.ended.clear();
+            ck.hash.end_runs_before(ts, now_ms, &mut self.ended);
+            ck.bbo.end_runs_before(ts, now_ms, &mut Vec::new());
+            let run_end_ts = book.timestamp_ms();
+            for v in self.ended.drain(..) {
+                if learn_ltp(book, v, run_end_ts, &mut self.scratch, &mut self.counters) {
+                    ck.hash.resolve(&v, ck.step, &mut th);
+                    learned = learned_ltp(book, None);
+                }
+            }
             let old = book.set_level(entry.side, entry.price, entry.size);
             book.set_timestamp(ts);
-            book.set_received_ms(self.now_ms);
+            book.set_received_ms(now_ms);
             if book.status() == BookStatus::Stale {
                 set_status(book, BookStatus::Live, &mut self.counters, sink);
             }
             let update =
                 BookUpdate::Level { side: entry.side, price: entry.price, size: entry.size, old };
             sink.on_update(&update, book);
-            // A burst of entries for one token shares the hash of the book after the last one,
-            // so only the last entry's hash is decoded and checked.
-            let last_for_token =
-                !e.changes[i + 1..].iter().any(|later| later.asset_id == entry.asset_id);
-            if !last_for_token {
-                continue;
+            ck.step += 1;
+            let step = ck.step;
+            let venue = if verify { entry.hash.as_deref().and_then(parse_hex) } else { None };
+            if let Some(h) = venue {
+                book.set_venue_hash(Some(h));
+                ck.hash.claim(h, ts, step, now_ms, w.claims_max, &mut th);
             }
-            let venue = entry.hash.as_deref().and_then(parse_hex);
-            if venue.is_some() {
-                book.set_venue_hash(venue);
-            }
-            let mut verdicts = [None, None];
             if entry.best_bid.is_some() || entry.best_ask.is_some() {
-                self.counters.bbo_checks += 1;
-                let ok = bbo_agrees(book, entry.best_bid, entry.best_ask);
-                if !ok {
-                    self.counters.bbo_mismatches += 1;
+                ck.bbo.claim(
+                    (entry.best_bid, entry.best_ask),
+                    ts,
+                    step,
+                    now_ms,
+                    w.claims_max,
+                    &mut tb,
+                );
+            }
+            let mut witness = false;
+            if !ck.hash.is_empty() {
+                match book_hash(book, ts, &mut self.scratch) {
+                    Some(ours) => {
+                        witness = true;
+                        ck.hash.test(step, w, |v, _| *v == ours, &mut th);
+                        // The venue hashes a trade before it announces it: on the last entry
+                        // for the token in this frame, try the likely trade prices.
+                        let last_for_token = !e.changes[i + 1..]
+                            .iter()
+                            .any(|later| later.asset_id == entry.asset_id);
+                        if let Some(h) = venue.filter(|h| *h != ours && last_for_token) {
+                            if learn_ltp(book, h, ts, &mut self.scratch, &mut self.counters) {
+                                ck.hash.resolve(&h, step, &mut th);
+                                learned = learned_ltp(book, None);
+                            }
+                        }
+                    }
+                    None => {
+                        let n = ck.hash.clear();
+                        self.counters.hash.unverifiable += n;
+                        self.counters.hash_unverifiable += n;
+                    }
                 }
-                verdicts[0] = Some(ok);
             }
-            let ltp_before = book.hash_ltp();
-            if let Some(h) = venue.filter(|_| self.config.verify_hash) {
-                verdicts[1] = hash_verdict(book, h, ts, &mut self.scratch, &mut self.counters);
-                book.set_verified(verdicts[1] == Some(true));
+            ck.bbo.test(step, w, |v, _| bbo_agrees(book, v.0, v.1), &mut tb);
+            if !witness {
+                book.set_verified(false);
+            } else if th.matched() {
+                book.set_verified(true);
+            } else if th.divergent > 0 {
+                book.set_verified(false);
             }
-            // The hash, when it can be computed, is the stronger witness.
-            match verdicts[1].or(verdicts[0]) {
-                Some(true) if book.status() != BookStatus::Live => {
-                    set_status(book, BookStatus::Live, &mut self.counters, sink)
-                }
-                Some(false) => record_failed_check(book, &self.config, &mut self.counters, sink),
-                _ => {}
+            judge(book, &mut ck, &th, &tb, witness, &self.config, now_ms, &mut self.counters, sink);
+            let token_unsettled = !ck.is_empty() || book.status() == BookStatus::Suspect;
+            book.put_checks(ck);
+            if token_unsettled {
+                self.unsettled.insert(book.token().clone());
             }
-            if let Some((market, ltp)) = learned_ltp(book, ltp_before) {
+            if let Some((market, ltp)) = learned {
                 self.share_ltp(&market, ltp);
             }
         }
@@ -708,12 +835,9 @@ fn admit_snapshot(book: &mut Book, feed: FeedId, counters: &mut StoreCounters) -
     admit(book, feed, counters)
 }
 
-/// Some(true/false) if the hash could be computed, None if an input is unknown.
-///
-/// The venue puts a trade's price into the hash before `last_trade_price` announces it, so on a
-/// mismatch the recent level prices and the top of book (and their mirrors, since the market
-/// shares one last trade price) are tried as the last trade price; a match is adopted. That is a few extra SHA-1s on
-/// the rare mismatch, and it turns the normal trade sequence from "suspect" into "live".
+/// Some(true/false) if the hash could be computed, None if an input is unknown. Used for
+/// snapshots, whose hash is of exactly their own state; a mismatch tries to learn the trade
+/// price first.
 fn hash_verdict(
     book: &mut Book,
     venue: [u8; 20],
@@ -727,11 +851,25 @@ fn hash_verdict(
         return None;
     };
     counters.hash_checks += 1;
-    if ours == venue {
+    if ours == venue || learn_ltp(book, venue, ts, scratch, counters) {
         return Some(true);
     }
+    counters.hash_mismatches += 1;
+    Some(false)
+}
+
+/// The venue puts a trade's price into the hash before `last_trade_price` announces it (and a
+/// YES token's hash may carry a trade printed on its NO token, in its own terms), so the
+/// recent level prices and the top of book, and their complements, are tried as the last
+/// trade price; a match is adopted. A few SHA-1s, on mismatches only.
+fn learn_ltp(
+    book: &mut Book,
+    venue: [u8; 20],
+    ts: u64,
+    scratch: &mut String,
+    counters: &mut StoreCounters,
+) -> bool {
     let current = book.hash_ltp();
-    // Trades print at the top of book, and at the levels that just changed.
     let [r0, r1] = book.recent_prices();
     let top = [book.best_bid().map(|l| l.price), book.best_ask().map(|l| l.price)];
     let mut tried: [Price; 8] = [Price::ZERO; 8];
@@ -753,13 +891,54 @@ fn hash_verdict(
             book.set_hash_ltp(Some(text));
             if book_hash(book, ts, scratch) == Some(venue) {
                 counters.hash_ltp_learned += 1;
-                return Some(true);
+                return true;
             }
         }
     }
     book.set_hash_ltp(current);
-    counters.hash_mismatches += 1;
-    Some(false)
+    false
+}
+
+/// Turns one step's verdicts into counters and a status. The hash, when it can be computed,
+/// is the witness; the top of book only when it cannot. A match makes the book Live; a
+/// divergence makes it Suspect, and Resyncing after `failed_checks_max` divergent runs in a
+/// row (or, in `settle`, once it has stayed divergent for `divergence_ms_min`).
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    book: &mut Book,
+    ck: &mut BookChecks,
+    th: &Tally,
+    tb: &Tally,
+    hash_is_witness: bool,
+    config: &StoreConfig,
+    now_ms: u64,
+    counters: &mut StoreCounters,
+    sink: &mut impl UpdateSink,
+) {
+    counters.hash.add(th);
+    counters.bbo.add(tb);
+    counters.hash_checks += th.now + th.after_run + th.later + th.divergent;
+    counters.hash_mismatches += th.divergent;
+    counters.bbo_checks += tb.now + tb.after_run + tb.later + tb.divergent;
+    counters.bbo_mismatches += tb.divergent;
+    let t = if hash_is_witness { th } else { tb };
+    if matches!(book.status(), BookStatus::Resolved | BookStatus::Seeding) {
+        return;
+    }
+    if t.matched() {
+        ck.diverged_at_ms = None;
+        if book.status() != BookStatus::Live {
+            set_status(book, BookStatus::Live, counters, sink);
+        }
+    } else if t.divergent > 0 {
+        ck.diverged_at_ms.get_or_insert(now_ms);
+        let n = book.note_failed_check();
+        let to =
+            if n >= config.failed_checks_max { BookStatus::Resyncing } else { BookStatus::Suspect };
+        if book.status() != BookStatus::Resyncing {
+            set_status(book, to, counters, sink);
+        }
+    }
 }
 
 /// The market and new last trade price text if a hash check just learned one.

@@ -601,6 +601,9 @@ struct TokenModel {
     asks: Ladder,
     status: BookStatus,
     failed: u16,
+    /// A bad hash claimed in this frame, judged when the frame's run settles (unless a
+    /// snapshot supersedes it first).
+    pending_bad: bool,
 }
 
 impl TokenModel {
@@ -693,11 +696,13 @@ fn render_and_apply(
                 asks: Ladder::new(),
                 status: BookStatus::Seeding,
                 failed: 0,
+                pending_bad: false,
             });
             m.bids = ladder_of(&sb);
             m.asks = ladder_of(&sa);
             let h = hash_field(*hash, || model_hash(*token, m, ts))?;
-            // A snapshot is live unless its own hash disagrees.
+            // A snapshot is live unless its own hash disagrees; it supersedes open claims.
+            m.pending_bad = false;
             m.check(Some(*hash != HashMode::Bad));
             Ok(format!(
                 "{{\"market\":\"{market}\",\"asset_id\":\"{t}\",\"timestamp\":\"{ts}\"{h},\"bids\":{},\"asks\":{},\"tick_size\":\"0.01\",\"event_type\":\"book\",\"last_trade_price\":\"{LTP}\"}}",
@@ -706,10 +711,8 @@ fn render_and_apply(
             ))
         }
         StoreEvent::PriceChange { entries } => {
-            let last_of: BTreeMap<usize, usize> =
-                entries.iter().enumerate().map(|(i, e)| (e.0, i)).collect();
             let mut parts = Vec::with_capacity(entries.len());
-            for (i, &(token, side, p, z, hash, with_bbo)) in entries.iter().enumerate() {
+            for &(token, side, p, z, hash, with_bbo) in entries.iter() {
                 let (t, _) = TOKENS_MODEL[token];
                 let (price, size) = (Price::from_units(p), Size::from_units(z));
                 let mut h = String::new();
@@ -725,13 +728,14 @@ fn render_and_apply(
                         let ask = m.asks.first_key_value().map_or(Price::ONE, |(p, _)| *p);
                         bbo = format!(",\"best_bid\":\"{bid}\",\"best_ask\":\"{ask}\"");
                     }
-                    if last_of.get(&token) == Some(&i) {
-                        let verdict = match hash {
-                            HashMode::Good => Some(true),
-                            HashMode::Bad => Some(false),
-                            HashMode::Absent => with_bbo.then_some(true),
-                        };
-                        m.check(verdict);
+                    // Every entry is a claim: a good hash matches its own state at once; a
+                    // bad one waits for the run to settle; the top of book is the witness
+                    // only while no hash claim is open.
+                    match hash {
+                        HashMode::Good => m.check(Some(true)),
+                        HashMode::Bad => m.pending_bad = true,
+                        HashMode::Absent if with_bbo && !m.pending_bad => m.check(Some(true)),
+                        HashMode::Absent => {}
                     }
                 }
                 parts.push(format!(
@@ -790,6 +794,8 @@ proptest! {
             verify_hash,
             failed_checks_max: FAILED_CHECKS_MAX,
             default_meta: model_meta(),
+            // The model counts runs, not time.
+            divergence_ms_min: u64::MAX,
             ..StoreConfig::default()
         });
         let mut models: BTreeMap<usize, TokenModel> = BTreeMap::new();
@@ -813,6 +819,15 @@ proptest! {
             let report = store.apply_frame(&text, &mut polybook::store::NoSink);
             prop_assert!(report.errors.is_empty(), "errors {:?} for {}", report.errors, text);
             prop_assert_eq!(report.events as usize, objects.len());
+            // Quiet: the frame's run ends, then its unmatched claims are judged.
+            let quiet = 10_000 * (n as u64 + 1);
+            store.settle(quiet, &mut polybook::store::NoSink);
+            store.settle(quiet + 5_000, &mut polybook::store::NoSink);
+            for m in models.values_mut() {
+                if std::mem::take(&mut m.pending_bad) {
+                    m.check(Some(false));
+                }
+            }
             check_store(&store, &models)?;
         }
         prop_assert_eq!(store.counters().errors.total(), 0);

@@ -72,6 +72,13 @@ fn pc_frame(entries: &[String], ts: u64) -> String {
     )
 }
 
+/// Lets the store's clock pass far beyond every window: runs end, then unmatched claims are
+/// judged (two calls: the first ends the runs).
+fn settle_all(s: &mut BookStore, at_ms: u64) {
+    s.settle(at_ms, &mut NoSink);
+    s.settle(at_ms + 60_000, &mut NoSink);
+}
+
 fn seeded() -> (BookStore, Book, Book) {
     let mut s = store();
     let mut ra = reference(A);
@@ -149,12 +156,18 @@ fn store_duplicate_frame_is_idempotent() {
 
 #[test]
 fn store_hash_mismatch_marks_suspect_then_resyncing_then_snapshot_heals() {
-    let (mut s, mut ra, _) = seeded();
+    let (_, mut ra, _) = seeded();
+    // Only the run count escalates here (see the test below for the time rule).
+    let mut s =
+        BookStore::new(StoreConfig { divergence_ms_min: u64::MAX, ..StoreConfig::default() });
+    s.track(TokenId::new(A), MarketId::new(M), meta());
+    s.apply_frame(&book_frame(&ra, 10), &mut NoSink);
     let bad = "0".repeat(40);
     for (i, price) in ["0.31", "0.32", "0.33"].iter().enumerate() {
         ra.set_level(Side::Buy, p(price), z("1"));
         let frame = pc_frame(&[entry(&ra, Side::Buy, price, "1", 40, Some(&bad))], 40);
         s.apply_frame(&frame, &mut NoSink);
+        settle_all(&mut s, 1_000_000 * (i as u64 + 1));
         let want = if i < 2 { BookStatus::Suspect } else { BookStatus::Resyncing };
         assert_eq!(s.get(A).map(Book::status), Some(want), "after {} mismatches", i + 1);
     }
@@ -170,6 +183,7 @@ fn store_suspect_clears_on_next_matching_hash() {
     ra.set_level(Side::Buy, p("0.3"), z("1"));
     let bad = "f".repeat(40);
     s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.3", "1", 41, Some(&bad))], 41), &mut NoSink);
+    settle_all(&mut s, 1_000_000);
     assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
     ra.set_level(Side::Buy, p("0.3"), z("2"));
     s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.3", "2", 42, None)], 42), &mut NoSink);
@@ -183,6 +197,8 @@ fn store_missed_change_is_detected_by_hash() {
     ra.set_level(Side::Buy, p("0.2"), z("7"));
     ra.set_level(Side::Buy, p("0.21"), z("8"));
     s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.21", "8", 43, None)], 43), &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live), "judged when the run ends");
+    settle_all(&mut s, 1_000_000);
     assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
     assert_eq!(s.counters().hash_mismatches, 1);
 }
@@ -197,6 +213,7 @@ fn store_bbo_mismatch_counts_when_hash_unverifiable() {
     let e = entry(&ra, Side::Buy, "0.1", "1", 2, None)
         .replace("\"best_bid\":\"0.4\"", "\"best_bid\":\"0.5\"");
     s.apply_frame(&pc_frame(&[e], 2), &mut NoSink);
+    settle_all(&mut s, 1_000_000);
     assert_eq!(s.counters().bbo_mismatches, 1);
     assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
 }
@@ -381,4 +398,88 @@ fn a_book_without_hash_inputs_says_unverified_and_stale_tracks_its_feed() {
     assert!(changes
         .iter()
         .all(|(_, u)| matches!(u, BookUpdate::Status { to: BookStatus::Stale, .. })));
+}
+
+/// The venue's same-timestamp bursts (protocol doc §3.10): a run of frames for one market whose
+/// every entry carries the hash and top of book after the whole run.
+#[test]
+fn store_burst_entries_carrying_the_post_run_hash_are_not_alarms() {
+    let (mut s, mut ra, _) = seeded();
+    let changes = [("0.41", "5"), ("0.42", "6"), ("0.43", "7")];
+    for (price, size) in changes {
+        ra.set_level(Side::Buy, p(price), z(size));
+    }
+    let post = hash_of(&ra, 60);
+    let (bid, ask) = ("0.43", "0.6");
+    for (price, size) in changes {
+        let e = format!(
+            r#"{{"asset_id":"{A}","price":"{price}","size":"{size}","side":"BUY","hash":"{post}","best_bid":"{bid}","best_ask":"{ask}"}}"#
+        );
+        s.apply_frame(&pc_frame(&[e], 60), &mut NoSink);
+    }
+    // The next run ends this one; then plenty of time passes.
+    ra.set_level(Side::Sell, p("0.59"), z("1"));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Sell, "0.59", "1", 61, None)], 61), &mut NoSink);
+    settle_all(&mut s, 1_000_000);
+    let c = s.counters();
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+    assert_eq!(c.books_marked_suspect, 0);
+    // matched now: two opening snapshots, the run's last entry, the next run's entry.
+    assert_eq!(
+        (c.hash.matched_now, c.hash.matched_after_run, c.hash.divergent),
+        (4, 2, 0),
+        "{:?}",
+        c.hash
+    );
+    assert_eq!(
+        (c.bbo.matched_now, c.bbo.matched_after_run, c.bbo.divergent),
+        (2, 2, 0),
+        "{:?}",
+        c.bbo
+    );
+    assert_eq!(s.get(A).map(|b| b.bids().to_vec()), Some(ra.bids().to_vec()));
+}
+
+#[test]
+fn store_hash_a_few_changes_ahead_matches_later() {
+    let (mut s, mut ra, _) = seeded();
+    let mut ahead = ra.clone();
+    ahead.set_level(Side::Buy, p("0.41"), z("5"));
+    ahead.set_level(Side::Buy, p("0.42"), z("5"));
+    // Entry at ts 70 already carries the hash of the state two changes later (at ts 72).
+    let early = hash_of(&ahead, 72);
+    ra.set_level(Side::Buy, p("0.41"), z("5"));
+    s.apply_frame(
+        &pc_frame(&[entry(&ra, Side::Buy, "0.41", "5", 70, Some(&early))], 70),
+        &mut NoSink,
+    );
+    ra.set_level(Side::Buy, p("0.42"), z("5"));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.42", "5", 72, None)], 72), &mut NoSink);
+    settle_all(&mut s, 1_000_000);
+    let c = s.counters();
+    assert_eq!(c.books_marked_suspect, 0, "{:?}", c.hash);
+    assert_eq!((c.hash.matched_later, c.hash.divergent), (1, 0), "{:?}", c.hash);
+}
+
+#[test]
+fn store_a_divergence_that_persists_resyncs_even_when_the_book_goes_quiet() {
+    let mut s = BookStore::new(StoreConfig { divergence_ms_min: 5_000, ..StoreConfig::default() });
+    s.track(TokenId::new(A), MarketId::new(M), meta());
+    let mut ra = reference(A);
+    ra.set_level(Side::Buy, p("0.4"), z("1"));
+    s.apply_frame(&book_frame(&ra, 1), &mut NoSink);
+    let bad = "0".repeat(40);
+    s.set_now_ms(1_000);
+    ra.set_level(Side::Buy, p("0.3"), z("1"));
+    s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.3", "1", 10, Some(&bad))], 10), &mut NoSink);
+    // The run ends by quiet at 1.3 s, its window passes at 2.3 s: one divergent run, suspect.
+    s.settle(1_300, &mut NoSink);
+    s.settle(2_300, &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
+    s.settle(7_200, &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Suspect));
+    // Nothing else arrives; 5 s after the divergence began it asks for a fresh snapshot.
+    s.settle(7_300, &mut NoSink);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Resyncing));
+    assert_eq!(s.counters().hash.divergent, 1);
 }

@@ -141,11 +141,28 @@ pub struct Integrity {
     pub failed_checks_max: u16,
     /// A book whose connection has had no data frame for this long reports `stale`.
     pub stale_after_ms: u64,
+    /// Burst-aware checks: a token's same-timestamp run ends at its next later entry or after
+    /// this long without one.
+    pub run_quiet_ms: u64,
+    /// A hash or best bid/ask may match up to this many states after the end of its run.
+    pub check_states_after_run_max: u8,
+    /// ... or within this long after its run, if no further state comes.
+    pub check_window_ms: u64,
+    /// Resyncing needs `failed_checks_max` divergent runs spanning at least this long.
+    pub divergence_ms_min: u64,
 }
 
 impl Default for Integrity {
     fn default() -> Self {
-        Integrity { verify_hash: true, failed_checks_max: 3, stale_after_ms: 15_000 }
+        Integrity {
+            verify_hash: true,
+            failed_checks_max: 3,
+            stale_after_ms: 15_000,
+            run_quiet_ms: 250,
+            check_states_after_run_max: 3,
+            check_window_ms: 1_000,
+            divergence_ms_min: 1_000,
+        }
     }
 }
 
@@ -326,7 +343,12 @@ impl Config {
         in_range("discovery.markets_max", d.markets_max, 1, 1_000_000)?;
         in_range("discovery.absent_runs_max", d.absent_runs_max, 1, 1000)?;
         in_range("discovery.close_pct_max", d.close_pct_max, 0, 100)?;
-        in_range("integrity.stale_after_ms", self.integrity.stale_after_ms, 100, 3_600_000)?;
+        let i = &self.integrity;
+        in_range("integrity.stale_after_ms", i.stale_after_ms, 100, 3_600_000)?;
+        in_range("integrity.run_quiet_ms", i.run_quiet_ms, 1, 60_000)?;
+        in_range("integrity.check_states_after_run_max", i.check_states_after_run_max, 0, 64)?;
+        in_range("integrity.check_window_ms", i.check_window_ms, 1, 600_000)?;
+        in_range("integrity.divergence_ms_min", i.divergence_ms_min, 0, 3_600_000)?;
         in_range("api.ready_books_live_pct_min", self.api.ready_books_live_pct_min, 0, 100)?;
         let l = &self.lifecycle;
         in_range("lifecycle.recycle_pollution_pct", l.recycle_pollution_pct, 1, 100)?;

@@ -30,10 +30,17 @@ pub fn replay(
         StoreConfig { verify_hash, auto_track: true, default_meta: meta, ..StoreConfig::default() };
     let mut store = BookStore::new(config);
     let mut stats = ReplayStats::default();
+    let mut now_ms = 0;
     for (n, line) in input.lines().enumerate() {
         let line = line?;
         let Some(parsed) = parse_line(&line) else { continue };
         stats.lines += 1;
+        // The receive time drives the burst-aware checks (run ends by quiet, windows).
+        if let Some(ns) = parsed.recv_ns {
+            now_ms = ns / 1_000_000;
+            store.set_now_ms(now_ms);
+            store.settle(now_ms, &mut NoSink);
+        }
         let report = store.apply_frame(parsed.frame, &mut NoSink);
         if !report.errors.is_empty() {
             stats.bad_lines += 1;
@@ -42,9 +49,17 @@ pub fn replay(
             }
         }
     }
+    settle_at_end(&mut store, now_ms);
     stats.books = store.len();
     stats.store = store.counters().clone();
     Ok((store, stats))
+}
+
+/// The input ended: every open claim is judged (runs end, then windows pass).
+fn settle_at_end(store: &mut BookStore, now_ms: u64) {
+    let end = now_ms.saturating_add(3_600_000);
+    store.settle(end, &mut NoSink);
+    store.settle(end.saturating_add(3_600_000), &mut NoSink);
 }
 
 /// `{"books": {TOKEN_ID: BOOK, ...}, "stats": {...}}`, books ordered by token id.
@@ -120,6 +135,8 @@ pub fn replay_recording(
             }
         }
     }
+    let now = store.now_ms();
+    settle_at_end(&mut store, now);
     stats.books = store.len();
     stats.store = store.counters().clone();
     Ok((store, stats))

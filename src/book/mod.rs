@@ -57,9 +57,12 @@ pub struct LtpText {
 }
 
 impl LtpText {
-    /// Keeps `s` if it is a valid price string of at most 15 bytes.
+    /// A market with no trade yet: the venue writes and hashes `"last_trade_price":""`.
+    pub const EMPTY: LtpText = LtpText { buf: [0; 15], len: 0 };
+
+    /// Keeps `s` if it is a valid price string of at most 15 bytes, or empty (no trade yet).
     pub fn new(s: &str) -> Option<LtpText> {
-        if s.len() > 15 || Price::parse(s).is_err() {
+        if s.len() > 15 || (!s.is_empty() && Price::parse(s).is_err()) {
             return None;
         }
         let mut buf = [0u8; 15];
@@ -125,6 +128,8 @@ pub struct Book {
     received_ms: u64,
     /// The last hash check could be computed and passed.
     verified: bool,
+    /// Open integrity claims (see `checks`); empty costs no allocation.
+    checks: crate::checks::BookChecks,
 }
 
 impl Book {
@@ -146,7 +151,20 @@ impl Book {
             next_feed: 0,
             received_ms: 0,
             verified: false,
+            checks: crate::checks::BookChecks::default(),
         }
+    }
+
+    /// The open integrity claims, taken out so the book can be read while they are judged;
+    /// give them back with [`Book::put_checks`].
+    pub fn take_checks(&mut self) -> crate::checks::BookChecks {
+        std::mem::take(&mut self.checks)
+    }
+    pub fn put_checks(&mut self, checks: crate::checks::BookChecks) {
+        self.checks = checks;
+    }
+    pub fn checks(&self) -> &crate::checks::BookChecks {
+        &self.checks
     }
 
     /// The owner's clock (unix ms) when a change was last applied to this book (0: never).
@@ -492,5 +510,7 @@ mod tests {
         assert_eq!(LtpText::from_price(p("0.49")).as_str(), "0.490");
         assert_eq!(LtpText::from_price(p("0.0645")).as_str(), "0.0645");
         assert!(LtpText::new("abc").is_none());
+        assert_eq!(LtpText::new(""), Some(LtpText::EMPTY));
+        assert_eq!(LtpText::EMPTY.as_str(), "");
     }
 }

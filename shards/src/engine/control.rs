@@ -1012,6 +1012,12 @@ async fn stats_response(control: &ControlRef, live: &Streams) -> Response {
         add("decode_errors", s.store.errors.total());
         add("hash_checks", s.store.hash_checks);
         add("hash_mismatches", s.store.hash_mismatches);
+        for (k, v) in verdict_labels(&s.store.hash) {
+            add(&format!("hash_{k}"), v);
+        }
+        for (k, v) in verdict_labels(&s.store.bbo) {
+            add(&format!("bbo_{k}"), v);
+        }
         add("untracked", s.store.untracked);
         add("resyncs", s.resyncs);
         add("resyncs_connection_lost", s.resyncs_connection_lost);
@@ -1258,7 +1264,17 @@ async fn metrics(control: &ControlRef) -> Response {
             }
         }
     }
-    let labeled: [LabeledMetric; 5] = [
+    let labeled: [LabeledMetric; 7] = [
+        ("hash_verdicts_total", "counter", "Hash claims judged, by verdict", "verdict", |s| {
+            verdict_labels(&s.store.hash)
+        }),
+        (
+            "bbo_verdicts_total",
+            "counter",
+            "Best bid/ask claims judged, by verdict",
+            "verdict",
+            |s| verdict_labels(&s.store.bbo),
+        ),
         ("events_total", "counter", "Events applied or counted, by type", "type", |s| {
             let c = &s.store;
             vec![
@@ -1365,6 +1381,17 @@ async fn metrics(control: &ControlRef) -> Response {
 }
 
 /// VmRSS from /proc (Linux only, like the engine itself).
+fn verdict_labels(c: &polybook::checks::CheckCounts) -> Vec<(&'static str, u64)> {
+    vec![
+        ("matched_now", c.matched_now),
+        ("matched_after_run", c.matched_after_run),
+        ("matched_later", c.matched_later),
+        ("divergent", c.divergent),
+        ("superseded", c.superseded),
+        ("unverifiable", c.unverifiable),
+    ]
+}
+
 fn process_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

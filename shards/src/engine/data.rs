@@ -245,6 +245,8 @@ pub async fn run(
         rng: 0x9E37_79B9_7F4A_7C15 ^ shard_id as u64,
         cfg,
     }));
+    let settling = Shutdown::new();
+    glommio::spawn_local(settle_loop(Rc::clone(&shard), settling.clone())).detach();
     while let Ok(cmd) = commands.recv_async().await {
         match cmd {
             Command::Track(specs) => track(&shard, specs),
@@ -283,6 +285,7 @@ pub async fn run(
             Command::Shutdown => break,
         }
     }
+    settling.trigger();
     let mut s = shard.borrow_mut();
     // The recording ends with the books as they are now: sockets closing below are shutdown,
     // not venue events, and must not mark the replayed books Resyncing.
@@ -305,6 +308,47 @@ pub struct Freshness {
     pub now_ms: u64,
     /// Time since the book's connection last delivered a data frame (None: no connection).
     pub feed_silent_ms: Option<u64>,
+}
+
+/// How often the store's open integrity claims are judged against the passing time.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Lets the store's clock pass: runs that went quiet end, windows that passed judge their
+/// claims. Books that turn Resyncing are resubscribed on the socket that feeds them.
+async fn settle_loop(shard: ShardRef, stop: Shutdown) {
+    while !stop.is_triggered() {
+        future::or(glommio::timer::sleep(SETTLE_EVERY), stop.wait()).await;
+        let mut s = shard.borrow_mut();
+        let s = &mut *s;
+        let mut sink = ShardSink {
+            resync: Vec::new(),
+            handler: s.handler.as_deref_mut(),
+            tap: &mut s.tap,
+            clock: &mut s.clock,
+        };
+        s.store.settle(wall_ms(), &mut sink);
+        let tokens = sink.resync;
+        if tokens.is_empty() {
+            continue;
+        }
+        s.counters.resyncs += tokens.len() as u64;
+        let mut by_feed: HashMap<u32, Vec<TokenId>> = HashMap::new();
+        for t in tokens {
+            if let Some(feed) = s.store.get(t.as_str()).map(polybook::Book::feed) {
+                by_feed.entry(feed).or_default().push(t);
+            }
+        }
+        for (feed, tokens) in by_feed {
+            let conn = s
+                .conns
+                .iter()
+                .find(|(_, c)| c.sockets.iter().any(|k| k.feed == feed))
+                .map(|(&id, _)| id);
+            if let Some(conn) = conn {
+                resync(s, conn, feed, &tokens);
+            }
+        }
+    }
 }
 
 /// The BOOK JSON shape plus the parameters and freshness the API adds.

@@ -161,6 +161,23 @@ impl EngineBuilder {
     }
 }
 
+/// The store settings the engine runs with (also written into recordings' use by replay).
+pub fn store_config(cfg: &ValidConfig) -> StoreConfig {
+    let i = &cfg.integrity;
+    StoreConfig {
+        verify_hash: i.verify_hash,
+        failed_checks_max: i.failed_checks_max,
+        window: polybook::checks::CheckWindow {
+            states_after_run_max: i.check_states_after_run_max,
+            run_quiet_ms: i.run_quiet_ms,
+            window_ms: i.check_window_ms,
+            ..polybook::checks::CheckWindow::default()
+        },
+        divergence_ms_min: i.divergence_ms_min,
+        ..StoreConfig::default()
+    }
+}
+
 /// Starts the engine: data shards first, then the control shard (which binds the API and
 /// starts discovery). Returns once the API is listening.
 pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
@@ -211,11 +228,7 @@ fn start_with(
             handler: handler.clone(),
             record_dir: record_dir.clone(),
             stale_after: Duration::from_millis(cfg.integrity.stale_after_ms),
-            store: StoreConfig {
-                verify_hash: cfg.integrity.verify_hash,
-                failed_checks_max: cfg.integrity.failed_checks_max,
-                ..StoreConfig::default()
-            },
+            store: store_config(cfg),
         };
         let reports = report_tx.clone();
         let streams = stream_tx.clone();
