@@ -233,6 +233,12 @@ pub struct Api {
     pub requests_per_s_max: u32,
     /// `/ready` fails while fewer than this share (%) of tracked books are live.
     pub ready_books_live_pct_min: u8,
+    /// A `/ws` client with no subscription is closed after this long.
+    pub ws_idle_ms: u64,
+    /// Subscribed `/ws` clients are pinged this often; one silent for 3 pings is closed.
+    pub ws_ping_ms: u64,
+    /// subscribe/unsubscribe operations per second per `/ws` client.
+    pub ws_ops_per_s_max: u32,
 }
 
 impl Default for Api {
@@ -242,6 +248,9 @@ impl Default for Api {
             ws_client_buffer_max: 1024,
             requests_per_s_max: 1000,
             ready_books_live_pct_min: 95,
+            ws_idle_ms: 30_000,
+            ws_ping_ms: 15_000,
+            ws_ops_per_s_max: 20,
         }
     }
 }
@@ -350,6 +359,9 @@ impl Config {
         in_range("integrity.check_window_ms", i.check_window_ms, 1, 600_000)?;
         in_range("integrity.divergence_ms_min", i.divergence_ms_min, 0, 3_600_000)?;
         in_range("api.ready_books_live_pct_min", self.api.ready_books_live_pct_min, 0, 100)?;
+        in_range("api.ws_idle_ms", self.api.ws_idle_ms, 100, 3_600_000)?;
+        in_range("api.ws_ping_ms", self.api.ws_ping_ms, 100, 600_000)?;
+        in_range("api.ws_ops_per_s_max", self.api.ws_ops_per_s_max, 1, 10_000)?;
         let l = &self.lifecycle;
         in_range("lifecycle.recycle_pollution_pct", l.recycle_pollution_pct, 1, 100)?;
         in_range("lifecycle.recycle_concurrent_max", l.recycle_concurrent_max, 1, 64)?;

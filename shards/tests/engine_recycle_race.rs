@@ -66,11 +66,12 @@ fn recycle_of_a_slot_untracked_mid_handoff_keeps_the_shard_alive() {
     let (cmd_tx, cmd_rx) = flume::bounded(64);
     let (rep_tx, _rep_rx) = flume::bounded(1024);
     let (str_tx, _str_rx) = flume::bounded(1024);
+    let (stats_tx, _stats_rx) = flume::bounded(1024);
     let cfg = shard_config(sim.ws_url());
     let shard = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(128 << 10)
         .name("data-test")
-        .spawn(move || data::run(cfg, cmd_rx, rep_tx, str_tx))
+        .spawn(move || data::run(cfg, cmd_rx, rep_tx, str_tx, stats_tx))
         .unwrap();
     cmd_tx.send(Command::Track(markets.clone())).unwrap();
     // One market per slot (2 tokens per connection): slot ids are 1..=8.

@@ -30,8 +30,8 @@ pub struct ControlConfig {
     pub discovery: DiscoveryLimits,
     pub discovery_interval: Duration,
     pub api_listen: String,
-    /// Messages queued per `/ws` client before it is dropped as too slow.
-    pub ws_client_buffer: usize,
+    /// How `/ws` clients are bounded (queue, idle, pings, operation rate).
+    pub ws_limits: super::stream::ClientLimits,
     /// HTTP requests per second per client address.
     pub requests_per_s_max: u32,
     pub resolved_grace: Duration,
@@ -101,6 +101,8 @@ struct Control {
     shards: Vec<flume::Sender<Command>>,
     discovery: DiscoveryStats,
     absence: AbsenceTracker,
+    /// Each data shard's latest stats snapshot and when it arrived.
+    shard_stats: Vec<Option<(ShardStats, Instant)>>,
     started: Instant,
     /// Fired to run discovery now (a `new_market` hint); replaced after each run.
     wake_discovery: Shutdown,
@@ -115,6 +117,7 @@ pub async fn run(
     shards: Vec<flume::Sender<Command>>,
     reports: flume::Receiver<Report>,
     streams: flume::Receiver<StreamMsg>,
+    stats_in: flume::Receiver<ShardStats>,
     stop: flume::Receiver<()>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -128,6 +131,24 @@ pub async fn run(
             return;
         }
     };
+    let n_shards = shards.len();
+    // "Started" means every data shard has answered once: the API never reports a shard down
+    // only because its first stats snapshot is still on its way.
+    let mut first: Vec<Option<(ShardStats, Instant)>> = vec![None; n_shards];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first.iter().any(Option::is_none) && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = future::or(async { stats_in.recv_async().await.ok() }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        let Some(st) = got else { break };
+        let shard = st.shard;
+        if let Some(slot) = first.get_mut(shard) {
+            *slot = Some((st, Instant::now()));
+        }
+    }
     let _ = bound.send(Ok(server.local_addr()));
     let control = Rc::new(RefCell::new(Control {
         cfg,
@@ -136,6 +157,7 @@ pub async fn run(
         shards,
         discovery: DiscoveryStats::default(),
         absence: AbsenceTracker::default(),
+        shard_stats: first,
         started: Instant::now(),
         wake_discovery: Shutdown::new(),
     }));
@@ -163,6 +185,8 @@ pub async fn run(
     let disc = glommio::spawn_local(discovery_loop(Rc::clone(&control), stopping.clone())).detach();
     let rep =
         glommio::spawn_local(report_loop(Rc::clone(&control), reports, stopping.clone())).detach();
+    let sts = glommio::spawn_local(stats_in_loop(Rc::clone(&control), stats_in, stopping.clone()))
+        .detach();
     let prog = glommio::spawn_local(progress_loop(Rc::clone(&control), stopping.clone())).detach();
     let recy = glommio::spawn_local(recycle_loop(Rc::clone(&control), stopping.clone())).detach();
     let _ = stop.recv_async().await;
@@ -176,6 +200,7 @@ pub async fn run(
     let _ = api.await;
     drop(disc);
     drop(rep);
+    drop(sts);
     drop(prog);
     drop(recy);
     drop(hub);
@@ -732,7 +757,7 @@ impl Handler for Api {
             return None;
         }
         let live = Rc::clone(&self.live);
-        let buffer = self.control.borrow().cfg.ws_client_buffer;
+        let buffer = self.control.borrow().cfg.ws_limits;
         let stopping = live.stopping.clone();
         Some(ws_task(move |ws| serve_client(live, ws, buffer, stopping)))
     }
@@ -898,13 +923,38 @@ async fn query<T>(
     .await
 }
 
+/// A shard whose last snapshot is older than this does not answer (for `/health`, `/ready`).
+const STATS_STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// Each data shard's latest stats snapshot (None: none fresh). Costs the data shards nothing:
+/// they push snapshots every `data::STATS_EVERY` whatever the request rate.
 async fn gather_stats(control: &ControlRef) -> Vec<Option<ShardStats>> {
-    let shards = control.borrow().shards.clone();
-    let mut out = Vec::with_capacity(shards.len());
-    for tx in &shards {
-        out.push(query(tx, |reply| Command::Stats { reply }).await);
+    let c = control.borrow();
+    c.shard_stats
+        .iter()
+        .map(|s| {
+            s.as_ref().filter(|(_, at)| at.elapsed() <= STATS_STALE_AFTER).map(|(st, _)| st.clone())
+        })
+        .collect()
+}
+
+async fn stats_in_loop(
+    control: ControlRef,
+    stats_in: flume::Receiver<ShardStats>,
+    stopping: Shutdown,
+) {
+    loop {
+        let next = future::or(async { stats_in.recv_async().await.ok() }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        let Some(st) = next else { return };
+        let mut c = control.borrow_mut();
+        if let Some(slot) = c.shard_stats.get_mut(st.shard) {
+            *slot = Some((st, Instant::now()));
+        }
     }
-    out
 }
 
 async fn health(control: &ControlRef) -> Response {

@@ -58,6 +58,9 @@ impl std::fmt::Debug for dyn BookHandler {
     }
 }
 
+/// `/ws` subscribe snapshots serialised before the shard lets its sockets run again.
+const STREAM_SNAPSHOTS_PER_SLICE: usize = 64;
+
 /// Most redrives of one token before it is left Seeding (the venue omits settled tokens).
 const REDRIVES_PER_TOKEN_MAX: u8 = 3;
 
@@ -86,6 +89,36 @@ struct StatusClock {
     since: HashMap<TokenId, (BookStatus, Instant)>,
     suspect_ms: u64,
     resyncing_ms: u64,
+    /// Books by status, kept as they change (so stats never scan the books).
+    counts: StatusCounts,
+}
+
+/// Books by status, indexed by [`status_index`].
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+struct StatusCounts([usize; 6]);
+
+fn status_index(s: BookStatus) -> usize {
+    match s {
+        BookStatus::Seeding => 0,
+        BookStatus::Live => 1,
+        BookStatus::Suspect => 2,
+        BookStatus::Resyncing => 3,
+        BookStatus::Resolved => 4,
+        BookStatus::Stale => 5,
+    }
+}
+
+impl StatusCounts {
+    fn add(&mut self, s: BookStatus) {
+        self.0[status_index(s)] += 1;
+    }
+    fn remove(&mut self, s: BookStatus) {
+        let c = &mut self.0[status_index(s)];
+        *c = c.saturating_sub(1);
+    }
+    fn get(&self, s: BookStatus) -> usize {
+        self.0[status_index(s)]
+    }
 }
 
 impl StatusClock {
@@ -106,7 +139,9 @@ impl StatusClock {
 
 impl UpdateSink for ShardSink<'_> {
     fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book) {
-        if let BookUpdate::Status { to, .. } = *update {
+        if let BookUpdate::Status { from, to } = *update {
+            self.clock.counts.remove(from);
+            self.clock.counts.add(to);
             self.clock.transition(book.token(), to);
             if to == BookStatus::Resyncing {
                 self.resync.push(book.token().clone());
@@ -218,6 +253,7 @@ pub async fn run(
     commands: flume::Receiver<Command>,
     reports: flume::Sender<Report>,
     streams: flume::Sender<StreamMsg>,
+    stats_out: flume::Sender<ShardStats>,
 ) {
     let shard_id = cfg.shard;
     // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
@@ -247,6 +283,7 @@ pub async fn run(
     }));
     let settling = Shutdown::new();
     glommio::spawn_local(settle_loop(Rc::clone(&shard), settling.clone())).detach();
+    glommio::spawn_local(stats_loop(Rc::clone(&shard), stats_out, settling.clone())).detach();
     while let Ok(cmd) = commands.recv_async().await {
         match cmd {
             Command::Track(specs) => track(&shard, specs),
@@ -272,14 +309,21 @@ pub async fn run(
                 let _ = reply.send(stats(&shard.borrow()));
             }
             Command::Stream { client, tokens, depth, on } => {
-                let mut s = shard.borrow_mut();
-                let s = &mut *s;
-                for t in &tokens {
-                    if !on {
-                        s.tap.unsubscribe(t.as_str());
-                    } else if let Some(book) = s.store.get(t.as_str()) {
-                        s.tap.subscribe(book, client, depth);
+                // Snapshots are serialised a slice at a time so that a client subscribing to
+                // thousands of books does not hold the feed up.
+                for part in tokens.chunks(STREAM_SNAPSHOTS_PER_SLICE) {
+                    {
+                        let mut s = shard.borrow_mut();
+                        let s = &mut *s;
+                        for t in part {
+                            if !on {
+                                s.tap.unsubscribe(t.as_str());
+                            } else if let Some(book) = s.store.get(t.as_str()) {
+                                s.tap.subscribe(book, client, depth);
+                            }
+                        }
                     }
+                    glommio::yield_if_needed().await;
                 }
             }
             Command::Shutdown => break,
@@ -308,6 +352,33 @@ pub struct Freshness {
     pub now_ms: u64,
     /// Time since the book's connection last delivered a data frame (None: no connection).
     pub feed_silent_ms: Option<u64>,
+}
+
+/// How often a data shard hands control its stats: the API answers from that copy, so no
+/// request ever makes a data shard scan anything.
+pub const STATS_EVERY: Duration = Duration::from_millis(250);
+
+async fn stats_loop(shard: ShardRef, out: flume::Sender<ShardStats>, stop: Shutdown) {
+    while !stop.is_triggered() {
+        repair_stream_gaps(&mut shard.borrow_mut());
+        let st = stats(&shard.borrow());
+        // A full channel means control is behind; it gets the next one.
+        if let Err(flume::TrySendError::Disconnected(_)) = out.try_send(st) {
+            return;
+        }
+        future::or(glommio::timer::sleep(STATS_EVERY), stop.wait()).await;
+    }
+}
+
+/// Streamed tokens that lost a message and had no update since get their snapshot now.
+fn repair_stream_gaps(s: &mut Shard) {
+    let gapped: Vec<TokenId> = s.tap.gaps().cloned().collect();
+    for t in gapped {
+        match s.store.get(t.as_str()) {
+            Some(book) => s.tap.repair(book),
+            None => s.tap.untracked(&t),
+        }
+    }
 }
 
 /// How often the store's open integrity claims are judged against the passing time.
@@ -397,6 +468,9 @@ fn track(shard: &ShardRef, specs: Vec<MarketSpec>) {
                 r.track(spec.market.as_str(), &spec.meta, &ids);
             }
             for t in &spec.tokens {
+                if s.store.get(t.as_str()).is_none() {
+                    s.clock.counts.add(BookStatus::Seeding);
+                }
                 s.store.track(t.clone(), spec.market.clone(), spec.meta);
             }
             if s.markets.contains_key(spec.market.as_str()) {
@@ -485,7 +559,10 @@ fn untrack(shard: &ShardRef, markets: &[MarketId]) {
             r.untrack(m.as_str(), &ids);
         }
         for t in &tokens {
-            s.store.untrack(t.as_str());
+            if let Some(book) = s.store.untrack(t.as_str()) {
+                s.clock.counts.remove(book.status());
+            }
+            s.tap.untracked(t);
         }
         let Some(conn_id) = s.table.remove(m.as_str()) else { continue };
         let empty = s.table.close_if_empty(conn_id);
@@ -1137,6 +1214,7 @@ fn stats(s: &Shard) -> ShardStats {
         handoff_timeouts: c.handoff_timeouts,
         cpu_ms: thread_cpu_ms().unwrap_or(0),
         stream_dropped: s.tap.dropped,
+        stream_gap_snapshots: s.tap.gap_snapshots,
         streamed_tokens: s.tap.len(),
         apply_ns_p50: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: s.hist.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
@@ -1145,16 +1223,14 @@ fn stats(s: &Shard) -> ShardStats {
         store: s.store.counters().clone(),
         ..ShardStats::default()
     };
-    for b in s.store.books() {
-        match b.status() {
-            BookStatus::Seeding => st.books_seeding += 1,
-            BookStatus::Live => st.books_live += 1,
-            BookStatus::Suspect => st.books_suspect += 1,
-            BookStatus::Resyncing => st.books_resyncing += 1,
-            BookStatus::Resolved => st.books_resolved += 1,
-            BookStatus::Stale => st.books_stale += 1,
-        }
-    }
+    let counts = &s.clock.counts;
+    st.books_seeding = counts.get(BookStatus::Seeding);
+    st.books_live = counts.get(BookStatus::Live);
+    st.books_suspect = counts.get(BookStatus::Suspect);
+    st.books_resyncing = counts.get(BookStatus::Resyncing);
+    st.books_resolved = counts.get(BookStatus::Resolved);
+    st.books_stale = counts.get(BookStatus::Stale);
+    debug_assert_eq!(counts.0.iter().sum::<usize>(), s.store.len(), "status counts drifted");
     for (&id, conn) in &s.conns {
         let tokens: HashSet<TokenId> = tokens_of(s, id).into_iter().collect();
         let newest = conn.newest();

@@ -110,6 +110,7 @@ pub struct ShardStats {
     /// Tokens streamed to `/ws` clients, and stream messages lost to a full hub channel.
     pub streamed_tokens: usize,
     pub stream_dropped: u64,
+    pub stream_gap_snapshots: u64,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,

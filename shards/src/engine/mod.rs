@@ -206,6 +206,8 @@ fn start_with(
     // Stream messages for /ws clients; a full channel costs clients a sequence gap, never the
     // feed (see stream.rs).
     let (stream_tx, stream_rx) = flume::bounded(1 << 16);
+    // Stats snapshots every `data::STATS_EVERY`; the API answers from control's copy.
+    let (stats_tx, stats_rx) = flume::bounded(64);
     let mut shard_txs = Vec::new();
     let mut executors = Vec::new();
     for (i, &cpu) in layout.data.iter().enumerate() {
@@ -232,6 +234,7 @@ fn start_with(
         };
         let reports = report_tx.clone();
         let streams = stream_tx.clone();
+        let stats_out = stats_tx.clone();
         let name = format!("data-{i}");
         let sup = supervisor.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -239,13 +242,14 @@ fn start_with(
             .io_memory(io_memory)
             .spawn(move || {
                 supervise::enter(sup);
-                data::run(shard_cfg, rx, reports, streams)
+                data::run(shard_cfg, rx, reports, streams, stats_out)
             })
             .map_err(|e| EngineError::Executor { name, cpu, reason: e.to_string() })?;
         executors.push(h);
     }
     drop(report_tx);
     drop(stream_tx);
+    drop(stats_tx);
     let control_cfg = control::ControlConfig {
         gamma_url: cfg.endpoints.gamma_url.clone(),
         selection: cfg.selection.clone(),
@@ -259,7 +263,12 @@ fn start_with(
         },
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
         api_listen: cfg.api.listen.clone(),
-        ws_client_buffer: cfg.api.ws_client_buffer_max,
+        ws_limits: stream::ClientLimits {
+            buffer: cfg.api.ws_client_buffer_max,
+            idle: Duration::from_millis(cfg.api.ws_idle_ms),
+            ping: Duration::from_millis(cfg.api.ws_ping_ms),
+            ops_per_s: cfg.api.ws_ops_per_s_max,
+        },
         requests_per_s_max: cfg.api.requests_per_s_max,
         resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
         progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
@@ -286,7 +295,7 @@ fn start_with(
         .io_memory(io_memory)
         .spawn(move || {
             supervise::enter(sup);
-            control::run(control_cfg, shards, report_rx, stream_rx, stop_rx, bound_tx)
+            control::run(control_cfg, shards, report_rx, stream_rx, stats_rx, stop_rx, bound_tx)
         })
         .map_err(|e| EngineError::Executor {
             name: "control".into(),

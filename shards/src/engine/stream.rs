@@ -5,6 +5,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_util::{SinkExt, StreamExt};
@@ -27,13 +28,62 @@ pub struct StreamMsg {
 pub struct StreamTap {
     tx: flume::Sender<StreamMsg>,
     seq: HashMap<TokenId, u64>,
-    /// Messages lost because the hub's channel was full (clients see a sequence gap).
+    /// Tokens one of whose messages could not be queued: their next message is a snapshot, so
+    /// a client never holds a wrong book without knowing (see `retry_gaps`).
+    gapped: HashSet<TokenId>,
+    /// Messages lost because the hub's channel was full (each is repaired by a snapshot).
     pub dropped: u64,
+    /// Snapshots sent to repair such gaps.
+    pub gap_snapshots: u64,
+}
+
+/// One stream message, serialised with serde so that any id is escaped.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Out<'a> {
+    Level {
+        token_id: &'a str,
+        seq: u64,
+        timestamp_ms: u64,
+        side: &'static str,
+        price: polybook::Price,
+        size: polybook::Size,
+    },
+    Trade {
+        token_id: &'a str,
+        seq: u64,
+        timestamp_ms: u64,
+        price: polybook::Price,
+        size: polybook::Size,
+        side: &'static str,
+    },
+    TickSize {
+        token_id: &'a str,
+        seq: u64,
+        timestamp_ms: u64,
+        tick_size: polybook::Price,
+    },
+    Status {
+        token_id: &'a str,
+        seq: u64,
+        timestamp_ms: u64,
+        status: polybook::BookStatus,
+    },
+    /// The engine no longer holds this book (its market left the registry): drop it.
+    Reset {
+        token_id: &'a str,
+        seq: u64,
+        reason: &'static str,
+    },
+}
+
+fn to_text(out: &Out<'_>) -> Arc<str> {
+    Arc::from(serde_json::to_string(out).unwrap_or_default())
 }
 
 impl StreamTap {
     pub fn new(tx: flume::Sender<StreamMsg>) -> StreamTap {
-        StreamTap { tx, seq: HashMap::new(), dropped: 0 }
+        StreamTap { tx, seq: HashMap::new(), gapped: HashSet::new(), dropped: 0, gap_snapshots: 0 }
     }
 
     /// Starts streaming `token` (if not yet) and sends `client` a snapshot.
@@ -45,6 +95,18 @@ impl StreamTap {
 
     pub fn unsubscribe(&mut self, token: &str) {
         self.seq.remove(token);
+        self.gapped.remove(token);
+    }
+
+    /// The engine drops `token`'s book: its clients are told to drop theirs too.
+    pub fn untracked(&mut self, token: &TokenId) {
+        let Some(seq) = self.seq.remove(token.as_str()) else { return };
+        self.gapped.remove(token.as_str());
+        let text =
+            to_text(&Out::Reset { token_id: token.as_str(), seq: seq + 1, reason: "untracked" });
+        // A lost reset cannot be repaired by a snapshot (there is no book); the hub's channel
+        // is large, and the loss is counted.
+        self.send(StreamMsg { token: token.clone(), to: None, text });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,55 +118,86 @@ impl StreamTap {
         self.seq.len()
     }
 
+    /// Tokens whose stream has a gap still to repair.
+    pub fn gaps(&self) -> impl Iterator<Item = &TokenId> {
+        self.gapped.iter()
+    }
+
+    /// Sends a repairing snapshot for a gapped token (called on a timer, for tokens that had no
+    /// update since their gap).
+    pub fn repair(&mut self, book: &Book) {
+        if !self.gapped.contains(book.token().as_str()) {
+            return;
+        }
+        let Some(seq) = self.seq.get_mut(book.token().as_str()) else { return };
+        *seq += 1;
+        let text = snapshot_json(book, *seq, None);
+        if self.send(StreamMsg { token: book.token().clone(), to: None, text }) {
+            self.gapped.remove(book.token().as_str());
+            self.gap_snapshots += 1;
+        }
+    }
+
     /// Called for every applied change; cheap when the token is not streamed.
     pub fn on_update(&mut self, update: &BookUpdate, book: &Book) {
         let Some(seq) = self.seq.get_mut(book.token().as_str()) else { return };
         *seq += 1;
         let seq = *seq;
-        let t = book.token().as_str();
-        let ts = book.timestamp_ms();
-        let text: String = match *update {
-            BookUpdate::Snapshot => snapshot_json(book, seq, None).to_string(),
-            BookUpdate::Level { side, price, size, .. } => format!(
-                "{{\"type\":\"level\",\"token_id\":\"{t}\",\"seq\":{seq},\"timestamp_ms\":{ts},\
-                 \"side\":\"{}\",\"price\":\"{price}\",\"size\":\"{size}\"}}",
-                side.as_str()
-            ),
-            BookUpdate::LastTrade(tr) => format!(
-                "{{\"type\":\"trade\",\"token_id\":\"{t}\",\"seq\":{seq},\"timestamp_ms\":{},\
-                 \"price\":\"{}\",\"size\":\"{}\",\"side\":\"{}\"}}",
-                tr.timestamp_ms,
-                tr.price,
-                tr.size,
-                tr.side.as_str()
-            ),
-            BookUpdate::TickSize { new, .. } => format!(
-                "{{\"type\":\"tick_size\",\"token_id\":\"{t}\",\"seq\":{seq},\"timestamp_ms\":{ts},\
-                 \"tick_size\":\"{new}\"}}"
-            ),
-            BookUpdate::Status { to, .. } => format!(
-                "{{\"type\":\"status\",\"token_id\":\"{t}\",\"seq\":{seq},\"timestamp_ms\":{ts},\
-                 \"status\":\"{}\"}}",
-                to.as_str()
-            ),
+        let token_id = book.token().as_str();
+        let timestamp_ms = book.timestamp_ms();
+        let repair = self.gapped.contains(token_id);
+        let text = match *update {
+            _ if repair => snapshot_json(book, seq, None),
+            BookUpdate::Snapshot => snapshot_json(book, seq, None),
+            BookUpdate::Level { side, price, size, .. } => to_text(&Out::Level {
+                token_id,
+                seq,
+                timestamp_ms,
+                side: side.as_str(),
+                price,
+                size,
+            }),
+            BookUpdate::LastTrade(tr) => to_text(&Out::Trade {
+                token_id,
+                seq,
+                timestamp_ms: tr.timestamp_ms,
+                price: tr.price,
+                size: tr.size,
+                side: tr.side.as_str(),
+            }),
+            BookUpdate::TickSize { new, .. } => {
+                to_text(&Out::TickSize { token_id, seq, timestamp_ms, tick_size: new })
+            }
+            BookUpdate::Status { to, .. } => {
+                to_text(&Out::Status { token_id, seq, timestamp_ms, status: to })
+            }
         };
-        self.send(StreamMsg { token: book.token().clone(), to: None, text: Arc::from(text) });
+        let token = book.token().clone();
+        if self.send(StreamMsg { token, to: None, text }) && repair {
+            self.gapped.remove(book.token().as_str());
+            self.gap_snapshots += 1;
+        }
     }
 
-    fn send(&mut self, msg: StreamMsg) {
+    fn send(&mut self, msg: StreamMsg) -> bool {
+        let token = msg.token.clone();
         if self.tx.try_send(msg).is_err() {
             self.dropped += 1;
+            if self.seq.contains_key(token.as_str()) {
+                self.gapped.insert(token);
+            }
+            return false;
         }
+        true
     }
 }
 
 fn snapshot_json(book: &Book, seq: u64, depth: Option<usize>) -> Arc<str> {
     let fresh = super::data::Freshness { now_ms: super::data::wall_ms(), feed_silent_ms: None };
     let b = super::data::book_json(book, depth, fresh);
-    Arc::from(format!(
-        "{{\"type\":\"snapshot\",\"token_id\":\"{}\",\"seq\":{seq},\"book\":{b}}}",
-        book.token()
-    ))
+    // The token id goes through serde (escaped); the book is already JSON.
+    let token = serde_json::to_string(book.token().as_str()).unwrap_or_default();
+    Arc::from(format!("{{\"type\":\"snapshot\",\"token_id\":{token},\"seq\":{seq},\"book\":{b}}}"))
 }
 
 /// The control shard's side: clients, their subscriptions, fan-out.
@@ -233,33 +326,114 @@ pub trait StreamControl {
 /// Most tokens one client may stream.
 pub const CLIENT_TOKENS_MAX: usize = 10_000;
 
-/// Serves one `/ws` client until it leaves, is too slow, or the server stops.
+/// Most ids echoed back as `unknown` in one reply (the rest are only counted).
+pub const UNKNOWN_ECHO_MAX: usize = 100;
+
+/// How a `/ws` client is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Messages queued for the client before it is closed as too slow (1008).
+    pub buffer: usize,
+    /// A client with no subscription is closed after this long (4000).
+    pub idle: Duration,
+    /// A subscribed client is pinged this often; one silent for 3 pings is closed (1001).
+    pub ping: Duration,
+    /// subscribe/unsubscribe operations per second (burst: twice as many); more are refused.
+    pub ops_per_s: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            buffer: 1024,
+            idle: Duration::from_secs(30),
+            ping: Duration::from_secs(15),
+            ops_per_s: 20,
+        }
+    }
+}
+
+/// Refused operations after which a client is closed (1008): it is not listening to errors.
+const REFUSED_OPS_MAX: u32 = 100;
+
+/// Close codes a client can see, documented in the README.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const IDLE: u16 = 4000;
+}
+
+/// A token bucket for a client's operations.
+struct OpBudget {
+    tokens: f64,
+    per_s: f64,
+    at: Instant,
+    refused: u32,
+}
+
+impl OpBudget {
+    #[allow(clippy::float_arithmetic)]
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = self.per_s * 2.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
+/// Serves one `/ws` client until it leaves, is too slow, idles, dies, or the server stops.
 pub async fn serve_client<C: StreamControl + 'static>(
     ctl: Rc<C>,
     mut ws: ServerWs,
-    buffer: usize,
+    limits: ClientLimits,
     stopping: Shutdown,
 ) {
-    let (id, rx, kill) = ctl.hub().borrow_mut().join(buffer);
+    let (id, rx, kill) = ctl.hub().borrow_mut().join(limits.buffer);
+    let mut close_code = close::NORMAL;
     let mut reason = "bye";
+    let started = Instant::now();
+    let mut last_seen = Instant::now();
+    #[allow(clippy::cast_precision_loss)]
+    let per_s = f64::from(limits.ops_per_s.max(1));
+    #[allow(clippy::float_arithmetic)]
+    let mut budget = OpBudget { tokens: per_s * 2.0, per_s, at: Instant::now(), refused: 0 };
+    let tick =
+        limits.ping.min(limits.idle).min(Duration::from_secs(1)).max(Duration::from_millis(10));
+    let mut next_ping = Instant::now() + limits.ping;
     loop {
         enum Ev {
             In(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
             Out(Option<Arc<str>>),
-            Stop(&'static str),
+            Tick,
+            Stop(u16, &'static str),
         }
         let ev = future::or(
             future::or(async { Ev::In(ws.next().await) }, async {
                 Ev::Out(rx.recv_async().await.ok())
             }),
             future::or(
+                future::or(
+                    async {
+                        kill.wait().await;
+                        Ev::Stop(close::POLICY, "slow consumer: buffer full")
+                    },
+                    async {
+                        stopping.wait().await;
+                        Ev::Stop(close::GOING_AWAY, "server stopping")
+                    },
+                ),
                 async {
-                    kill.wait().await;
-                    Ev::Stop("slow consumer: buffer full")
-                },
-                async {
-                    stopping.wait().await;
-                    Ev::Stop("server stopping")
+                    glommio::timer::sleep(tick).await;
+                    Ev::Tick
                 },
             ),
         )
@@ -282,23 +456,53 @@ pub async fn serve_client<C: StreamControl + 'static>(
                 }
             }
             Ev::Out(None) => break,
+            Ev::Tick => {
+                let subscribed =
+                    ctl.hub().borrow().clients.get(&id).is_some_and(|c| !c.tokens.is_empty());
+                let now = Instant::now();
+                if !subscribed && now.duration_since(started.max(last_seen)) >= limits.idle {
+                    (close_code, reason) = (close::IDLE, "idle: no subscription");
+                    break;
+                }
+                if subscribed && now.duration_since(last_seen) >= limits.ping * 3 {
+                    (close_code, reason) = (close::GOING_AWAY, "no answer to pings");
+                    break;
+                }
+                if subscribed && now >= next_ping {
+                    next_ping = now + limits.ping;
+                    if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
             Ev::In(Some(Ok(Message::Text(t)))) => {
-                let reply = handle_request(&ctl, id, t.as_str());
+                last_seen = Instant::now();
+                let reply = if budget.allow() {
+                    handle_request(&ctl, id, t.as_str())
+                } else if budget.refused > REFUSED_OPS_MAX {
+                    (close_code, reason) = (close::POLICY, "too many operations");
+                    break;
+                } else {
+                    error_reply(&format!(
+                        "rate limited: at most {} operations per second",
+                        limits.ops_per_s
+                    ))
+                };
                 if ws.send(Message::text(reply)).await.is_err() {
                     break;
                 }
             }
             Ev::In(Some(Ok(Message::Close(_)))) | Ev::In(None) | Ev::In(Some(Err(_))) => break,
-            Ev::In(Some(Ok(_))) => {}
-            Ev::Stop(why) => {
-                reason = why;
+            Ev::In(Some(Ok(_))) => last_seen = Instant::now(),
+            Ev::Stop(code, why) => {
+                (close_code, reason) = (code, why);
                 break;
             }
         }
     }
     let _ = ws
         .close(Some(async_tungstenite::tungstenite::protocol::CloseFrame {
-            code: if reason.starts_with("slow") { 1008u16.into() } else { 1000u16.into() },
+            code: close_code.into(),
             reason: reason.into(),
         }))
         .await;
@@ -308,12 +512,18 @@ pub async fn serve_client<C: StreamControl + 'static>(
     }
 }
 
+fn error_reply(error: &str) -> String {
+    serde_json::json!({"type": "error", "error": error}).to_string()
+}
+
 fn handle_request<C: StreamControl>(ctl: &Rc<C>, id: u64, text: &str) -> String {
     let req: ClientRequest = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => return serde_json::json!({"type": "error", "error": e.to_string()}).to_string(),
     };
-    let (tokens, unknown) = ctl.resolve(&req);
+    let (tokens, mut unknown) = ctl.resolve(&req);
+    let unknown_count = unknown.len();
+    unknown.truncate(UNKNOWN_ECHO_MAX);
     match req.op.as_str() {
         "subscribe" => {
             let current = ctl.hub().borrow().clients.get(&id).map_or(0, |c| c.tokens.len());
@@ -327,7 +537,7 @@ fn handle_request<C: StreamControl>(ctl: &Rc<C>, id: u64, text: &str) -> String 
             ctl.stream(id, tokens.clone(), req.depth, true);
             serde_json::json!({"type": "subscribed",
                 "tokens": tokens.iter().map(TokenId::as_str).collect::<Vec<_>>(),
-                "unknown": unknown})
+                "unknown": unknown, "unknown_count": unknown_count})
             .to_string()
         }
         "unsubscribe" => {

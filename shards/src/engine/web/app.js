@@ -9,7 +9,7 @@ function setConn(s) { const el = $("#conn-state"); el.textContent = s; el.classN
 
 function connect() {
   setConn(state.ws ? "reconnecting" : "connecting");
-  const ws = new WebSocket(`ws://${location.host}/ws`);
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   state.ws = ws;
   ws.onopen = () => { state.wsDelay = 500; setConn("live"); resubscribe(); };
   ws.onmessage = (ev) => { try { onMessage(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
@@ -34,7 +34,17 @@ function onMessage(m) {
     b.bids = new Map(book.bids.map(([p, s]) => [p, s]));
     b.asks = new Map(book.asks.map(([p, s]) => [p, s]));
     b.status = book.status; b.tick = book.tick_size; b.last = book.last_trade; b.seq = m.seq; b.snap = true;
+  } else if (m.type === "reset") {
+    // The engine dropped this book (its market left the registry): show it empty and gone.
+    b.bids = new Map(); b.asks = new Map(); b.status = "untracked"; b.seq = m.seq; b.snap = false;
   } else if (b.snap && m.seq > b.seq) {
+    if (m.seq !== b.seq + 1) {
+      // A sequence gap: our book may be wrong. Ask for a fresh snapshot instead of guessing.
+      b.snap = false; b.status = "resyncing";
+      resubscribe();
+      schedule();
+      return;
+    }
     b.seq = m.seq;
     if (m.type === "level") {
       const side = m.side === "BUY" ? b.bids : b.asks;
