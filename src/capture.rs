@@ -1,5 +1,116 @@
 //! The capture format: one raw text frame per line, optionally prefixed by the receive time in
-//! nanoseconds and one space (`1766481546776000000 {"market":...}`).
+//! nanoseconds and one space (`1766481546776000000 {"market":...}`), and the engine's recording
+//! format (below). Files come from outside: [`classify_line`] turns any bytes into a line or a
+//! typed, countable error, so a reader never stops at a bad line.
+
+/// Why a line of a capture or recording could not be used. Counted by kind; the rest of the
+/// file is still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum LineError {
+    #[error("not valid UTF-8")]
+    InvalidUtf8,
+    #[error("contains a NUL byte")]
+    Nul,
+    #[error("longer than the line limit")]
+    TooLong,
+    #[error("a recording frame with a bad escape")]
+    BadEscape,
+}
+
+impl LineError {
+    pub const ALL: [LineError; 4] =
+        [LineError::InvalidUtf8, LineError::Nul, LineError::TooLong, LineError::BadEscape];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineError::InvalidUtf8 => "invalid_utf8",
+            LineError::Nul => "nul",
+            LineError::TooLong => "too_long",
+            LineError::BadEscape => "bad_escape",
+        }
+    }
+}
+
+/// Lines counted while reading a file: errors by kind and the oddities that were tolerated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LineCounts {
+    pub invalid_utf8: u64,
+    pub nul: u64,
+    pub too_long: u64,
+    pub bad_escape: u64,
+    /// A UTF-8 byte order mark at the start of a line, stripped.
+    pub bom_stripped: u64,
+    /// The file's last line had no newline (read anyway: it may be cut short).
+    pub unterminated_last_line: u64,
+}
+
+impl LineCounts {
+    pub fn add(&mut self, e: LineError) {
+        match e {
+            LineError::InvalidUtf8 => self.invalid_utf8 += 1,
+            LineError::Nul => self.nul += 1,
+            LineError::TooLong => self.too_long += 1,
+            LineError::BadEscape => self.bad_escape += 1,
+        }
+    }
+    pub fn errors(&self) -> u64 {
+        self.invalid_utf8 + self.nul + self.too_long + self.bad_escape
+    }
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One line's bytes (without its `\n`) as text: strips a trailing `\r` and a leading BOM
+/// (counted), refuses invalid UTF-8 and NUL bytes (a frame never holds a raw NUL; a recording
+/// escapes one).
+pub fn classify_line<'a>(bytes: &'a [u8], counts: &mut LineCounts) -> Result<&'a str, LineError> {
+    let mut b = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if let Some(rest) = b.strip_prefix(BOM) {
+        counts.bom_stripped += 1;
+        b = rest;
+    }
+    let text = std::str::from_utf8(b).map_err(|_| LineError::InvalidUtf8)?;
+    if text.as_bytes().contains(&0) {
+        return Err(LineError::Nul);
+    }
+    Ok(text)
+}
+
+/// Escapes a frame for one recording line: `\\`, `\n`, `\r`, `\0`; everything else as is, so
+/// any frame text replays byte for byte.
+pub fn escape_frame(frame: &str, out: &mut String) {
+    for c in frame.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Reverses [`escape_frame`].
+pub fn unescape_frame(line: &str) -> Result<std::borrow::Cow<'_, str>, LineError> {
+    if !line.contains('\\') {
+        return Ok(std::borrow::Cow::Borrowed(line));
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next() {
+            Some('\\') => '\\',
+            Some('n') => '\n',
+            Some('r') => '\r',
+            Some('0') => '\0',
+            _ => return Err(LineError::BadEscape),
+        });
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
 
 /// One line of a capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +160,87 @@ mod tests {
         );
         assert_eq!(format_line(5, "[]\n"), "5 []");
     }
+
+    #[test]
+    fn any_frame_text_round_trips_through_a_recording_line() {
+        for frame in ["[]\n", "a\\nb", "x\r\ny\0z\\", "{\"d\":\"\\u00e9 \\\"q\\\"\"}", ""] {
+            let line = record_frame_line(7, 3, frame);
+            assert!(
+                !line.contains('\n') && !line.contains('\r') && !line.contains('\0'),
+                "{line:?}"
+            );
+            let Ok(Some(RecordLine::Frame { recv_ns: 7, feed: 3, frame: esc })) =
+                parse_record_line(&line)
+            else {
+                panic!("{line:?}")
+            };
+            assert_eq!(unescape_frame(esc).as_deref(), Ok(frame));
+        }
+        assert_eq!(unescape_frame("a\\x"), Err(LineError::BadEscape));
+        assert_eq!(unescape_frame("a\\"), Err(LineError::BadEscape));
+    }
+
+    #[test]
+    fn classify_line_types_every_bad_input() {
+        let mut c = LineCounts::default();
+        assert_eq!(classify_line(b"ok\r", &mut c), Ok("ok"));
+        assert_eq!(classify_line(b"\xEF\xBB\xBF[]", &mut c), Ok("[]"));
+        assert_eq!(c.bom_stripped, 1);
+        assert_eq!(classify_line(b"\xff\xfe", &mut c), Err(LineError::InvalidUtf8));
+        assert_eq!(classify_line(b"a\0b", &mut c), Err(LineError::Nul));
+    }
 }
 
-/// First line of an engine recording (`polybook run --record`).
+/// First line of a version 1 recording (frames unescaped, no settings).
 pub const RECORDING_HEADER: &str = "#polybook-recording v1";
+
+/// First line of a version 2 recording, followed by one space and the store settings the engine
+/// ran with as JSON ([`RecordingSettings`]). Frames are escaped ([`escape_frame`]).
+pub const RECORDING_HEADER_V2: &str = "#polybook-recording v2";
+
+/// The integrity settings a recording was made with; replay uses them, so statuses replay too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordingSettings {
+    pub verify_hash: bool,
+    pub failed_checks_max: u16,
+    pub states_after_run_max: u8,
+    pub run_quiet_ms: u64,
+    pub window_ms: u64,
+    pub divergence_ms_min: u64,
+}
+
+impl RecordingSettings {
+    pub fn of(c: &crate::StoreConfig) -> RecordingSettings {
+        RecordingSettings {
+            verify_hash: c.verify_hash,
+            failed_checks_max: c.failed_checks_max,
+            states_after_run_max: c.window.states_after_run_max,
+            run_quiet_ms: c.window.run_quiet_ms,
+            window_ms: c.window.window_ms,
+            divergence_ms_min: c.divergence_ms_min,
+        }
+    }
+    pub fn store_config(&self) -> crate::StoreConfig {
+        crate::StoreConfig {
+            verify_hash: self.verify_hash,
+            failed_checks_max: self.failed_checks_max,
+            window: crate::checks::CheckWindow {
+                states_after_run_max: self.states_after_run_max,
+                run_quiet_ms: self.run_quiet_ms,
+                window_ms: self.window_ms,
+                ..crate::checks::CheckWindow::default()
+            },
+            divergence_ms_min: self.divergence_ms_min,
+            ..crate::StoreConfig::default()
+        }
+    }
+}
+
+/// The header line of a version 2 recording.
+pub fn recording_header_v2(settings: &RecordingSettings) -> String {
+    let json = serde_json::to_string(settings).unwrap_or_default();
+    format!("{RECORDING_HEADER_V2} {json}")
+}
 
 /// One line of an engine recording: the raw frames a data shard received, with the socket
 /// (feed) each came from, and the store operations that decide which socket feeds which book.
@@ -60,33 +248,24 @@ pub const RECORDING_HEADER: &str = "#polybook-recording v1";
 /// exact books the engine had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordLine<'a> {
-    Header,
-    /// `recv_ns:feed frame`
-    Frame {
-        recv_ns: u64,
-        feed: u32,
-        frame: &'a str,
-    },
+    /// A version 1 header, or a version 2 header with its settings.
+    Header(Option<RecordingSettings>),
+    /// `recv_ns:feed frame` (escaped in version 2: see [`RecordLine::frame_text`])
+    Frame { recv_ns: u64, feed: u32, frame: &'a str },
+    /// `#settle now_ms`: the store's clock passed (runs end, windows judge).
+    Settle { now_ms: u64 },
+    /// `#stale feed`: that socket went silent; its live books were marked stale.
+    Stale { feed: u32 },
+    /// `#resync token...`: these books were marked resyncing outside a frame.
+    Resync { tokens: Vec<&'a str> },
     /// `#track market tick min_order_size neg_risk token...` (`-` for unknown)
-    Track {
-        market: &'a str,
-        meta: crate::book::TokenMeta,
-        tokens: Vec<&'a str>,
-    },
+    Track { market: &'a str, meta: crate::book::TokenMeta, tokens: Vec<&'a str> },
     /// `#untrack market token...`
-    Untrack {
-        tokens: Vec<&'a str>,
-    },
+    Untrack { tokens: Vec<&'a str> },
     /// `#assign feed token...`: a socket subscribed these tokens.
-    Assign {
-        feed: u32,
-        tokens: Vec<&'a str>,
-    },
+    Assign { feed: u32, tokens: Vec<&'a str> },
     /// `#lost feed token...`: that socket ended.
-    Lost {
-        feed: u32,
-        tokens: Vec<&'a str>,
-    },
+    Lost { feed: u32, tokens: Vec<&'a str> },
 }
 
 /// Why a recording line could not be read.
@@ -108,7 +287,12 @@ pub fn parse_record_line(line: &str) -> Result<Option<RecordLine<'_>>, RecordLin
         return Ok(None);
     }
     if line == RECORDING_HEADER {
-        return Ok(Some(RecordLine::Header));
+        return Ok(Some(RecordLine::Header(None)));
+    }
+    if let Some(json) = line.strip_prefix(RECORDING_HEADER_V2) {
+        let settings = serde_json::from_str(json.trim())
+            .map_err(|e| RecordLineError(format!("bad recording header: {e}")))?;
+        return Ok(Some(RecordLine::Header(Some(settings))));
     }
     let bad = || RecordLineError(line.chars().take(80).collect());
     if let Some(rest) = line.strip_prefix('#') {
@@ -128,6 +312,15 @@ pub fn parse_record_line(line: &str) -> Result<Option<RecordLine<'_>>, RecordLin
                 let _market = parts.next().ok_or_else(bad)?;
                 RecordLine::Untrack { tokens: parts.collect() }
             }
+            "settle" => {
+                let now_ms = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                RecordLine::Settle { now_ms }
+            }
+            "stale" => {
+                let feed = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+                RecordLine::Stale { feed }
+            }
+            "resync" => RecordLine::Resync { tokens: parts.collect() },
             "assign" | "lost" => {
                 let feed = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
                 let tokens = parts.collect();
@@ -148,10 +341,12 @@ pub fn parse_record_line(line: &str) -> Result<Option<RecordLine<'_>>, RecordLin
     Ok(Some(RecordLine::Frame { recv_ns, feed, frame }))
 }
 
-/// Writes a frame line.
+/// Writes a version 2 frame line: the frame escaped, byte for byte.
 pub fn record_frame_line(recv_ns: u64, feed: u32, frame: &str) -> String {
-    let frame = frame.strip_suffix('\n').unwrap_or(frame);
-    format!("{recv_ns}:{feed} {frame}")
+    let mut line = format!("{recv_ns}:{feed} ");
+    line.reserve(frame.len());
+    escape_frame(frame, &mut line);
+    line
 }
 
 /// Writes a `#track` line.
@@ -162,47 +357,54 @@ pub fn record_track_line(market: &str, meta: &crate::book::TokenMeta, tokens: &[
     format!("#track {market} {t} {m} {n} {}", tokens.join(" "))
 }
 
-/// Applies one recording line to a store, repeating the engine's call.
+/// Applies one recording line to a store, repeating the engine's call. `v2`: frames are
+/// escaped (a version 2 header was read).
 pub fn replay_record_line(
     store: &mut crate::BookStore,
     line: &RecordLine<'_>,
+    v2: bool,
     sink: &mut impl crate::store::UpdateSink,
-) -> Option<crate::store::FrameReport> {
+) -> Result<Option<crate::store::FrameReport>, LineError> {
     use crate::store::FeedId;
     match line {
-        RecordLine::Header => None,
+        RecordLine::Header(_) => {}
         RecordLine::Frame { recv_ns, feed, frame } => {
-            // The store's clock is the receive time, as it was in the engine.
-            let now_ms = recv_ns / 1_000_000;
-            store.set_now_ms(now_ms);
-            store.settle(now_ms, sink);
-            Some(store.apply_frame_from(FeedId(*feed), frame, sink))
+            // The store's clock is the receive time, exactly as the engine set it.
+            store.set_now_ms(recv_ns / 1_000_000);
+            let text = if v2 { unescape_frame(frame)? } else { std::borrow::Cow::Borrowed(*frame) };
+            return Ok(Some(store.apply_frame_from(FeedId(*feed), &text, sink)));
+        }
+        RecordLine::Settle { now_ms } => store.settle(*now_ms, sink),
+        RecordLine::Stale { feed } => {
+            store.mark_feed_stale(FeedId(*feed), sink);
+        }
+        RecordLine::Resync { tokens } => {
+            for t in tokens {
+                store.mark_resyncing(t, sink);
+            }
         }
         RecordLine::Track { market, meta, tokens } => {
             for t in tokens {
                 store.track(crate::TokenId::new(t), crate::MarketId::new(market), *meta);
             }
-            None
         }
         RecordLine::Untrack { tokens } => {
             for t in tokens {
                 store.untrack(t);
             }
-            None
         }
         RecordLine::Assign { feed, tokens } => {
             for t in tokens {
                 store.assign_feed(t, FeedId(*feed));
             }
-            None
         }
         RecordLine::Lost { feed, tokens } => {
             for t in tokens {
                 store.feed_lost(t, FeedId(*feed), sink);
             }
-            None
         }
     }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -224,13 +426,20 @@ mod record_tests {
         );
         assert_eq!(
             parse_record_line(&record_frame_line(5, 7, "[]\n")),
-            Ok(Some(RecordLine::Frame { recv_ns: 5, feed: 7, frame: "[]" }))
+            Ok(Some(RecordLine::Frame { recv_ns: 5, feed: 7, frame: "[]\\n" }))
         );
         assert_eq!(
             parse_record_line("#assign 3 1 2"),
             Ok(Some(RecordLine::Assign { feed: 3, tokens: vec!["1", "2"] }))
         );
-        assert_eq!(parse_record_line(RECORDING_HEADER), Ok(Some(RecordLine::Header)));
+        assert_eq!(parse_record_line(RECORDING_HEADER), Ok(Some(RecordLine::Header(None))));
+        let settings = RecordingSettings::of(&crate::StoreConfig::default());
+        assert_eq!(
+            parse_record_line(&recording_header_v2(&settings)),
+            Ok(Some(RecordLine::Header(Some(settings))))
+        );
+        assert_eq!(parse_record_line("#settle 17"), Ok(Some(RecordLine::Settle { now_ms: 17 })));
+        assert_eq!(parse_record_line("#stale 4"), Ok(Some(RecordLine::Stale { feed: 4 })));
         assert!(parse_record_line("#dance 1").is_err());
         assert!(parse_record_line("123 {}").is_err());
         assert_eq!(parse_record_line(""), Ok(None));

@@ -247,3 +247,53 @@ fn recorded_run_replays_into_the_same_books() {
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn recording_with_strict_checks_and_skips_replays_statuses_exactly() {
+    let dir = std::env::temp_dir().join(format!("polybook-rec-strict-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sim = sim(62, 30, 500.0);
+    // One divergent run resyncs: a replay with the default settings would judge differently.
+    let cfg = engine_config_with(&sim, 40, |c| c.integrity.failed_checks_max = 1);
+    let engine =
+        engine::Engine::builder(cfg).record(&dir).start().unwrap_or_else(|e| panic!("{e}"));
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 60));
+    for _ in 0..3 {
+        assert_eq!(
+            post(&format!("{}/sim/fault", sim.http_url()), r#"{"kind":"skip","count":4}"#),
+            200
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    wait_at_rest(&sim.http_url());
+    // Let every open claim settle, so the engine's statuses stop moving before we look.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = stats(&engine);
+    assert!(total(&s, "books_marked_resyncing") >= 1, "{}", s["totals"]);
+    let tokens = sim_tokens(&sim);
+    let ours: Vec<(String, Value)> = tokens
+        .iter()
+        .map(|(t, _)| (t.clone(), get(&format!("http://{}/books/{t}", engine.api_addr())).1))
+        .collect();
+    engine.stop();
+    let files = polybook_shards::replay::recording_files(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut errors = Vec::new();
+    let (store, stats) = polybook_shards::replay::replay_recording(&files, &mut errors)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stats.bad_lines, 0, "{}", String::from_utf8_lossy(&errors));
+    assert_eq!(stats.settings.map(|s| s.failed_checks_max), Some(1));
+    let mut compared = 0;
+    for (token, engine_book) in ours {
+        let Some(book) = store.get(&token) else { continue };
+        let replayed: Value =
+            serde_json::to_value(polybook::view::BookView::new(book)).unwrap_or(Value::Null);
+        for key in ["status", "bids", "asks", "tick_size", "hash", "timestamp_ms", "verified"] {
+            assert_eq!(replayed[key], engine_book[key], "{token}: {key}");
+        }
+        compared += 1;
+    }
+    assert!(compared >= 50, "{compared}");
+    assert_eq!(stats.store.books_marked_resyncing, total(&s, "books_marked_resyncing"));
+    sim.stop().unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -104,3 +104,36 @@ fn replay_missing_file_fails() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+#[test]
+fn replay_survives_any_bytes_and_counts_them_by_kind() {
+    let sample = std::fs::read(sample_path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut lines: Vec<&[u8]> = sample.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let last = lines.pop().unwrap_or_else(|| panic!("empty sample"));
+    let huge = vec![b'x'; 1 << 20];
+    let mut input: Vec<u8> = Vec::new();
+    let garbage: [&[u8]; 5] =
+        [b"\xff\xfe\xfd not utf-8", b"{\"a\":\0}", b"\xEF\xBB\xBF[]", &huge, b"PONG"];
+    for (i, l) in lines.iter().enumerate() {
+        input.extend_from_slice(l);
+        input.push(b'\n');
+        input.extend_from_slice(garbage[i % garbage.len()]);
+        input.push(b'\n');
+    }
+    // The last good frame ends the file without a newline.
+    input.extend_from_slice(last);
+    let path = std::env::temp_dir().join(format!("polybook-garbage-{}.txt", std::process::id()));
+    std::fs::write(&path, &input).unwrap_or_else(|e| panic!("{e}"));
+    let (v, stderr, ok) = run_dump(path.to_str().unwrap_or_default());
+    assert!(ok, "replay failed: {stderr}");
+    let (clean, _, _) = run_dump(&sample_path());
+    // Every good frame was still applied: the books equal the clean replay's.
+    assert_eq!(v["books"], clean["books"], "{stderr}");
+    let e = &v["stats"]["line_errors"];
+    assert!(e["invalid_utf8"].as_u64() >= Some(1), "{e}");
+    assert!(e["nul"].as_u64() >= Some(1), "{e}");
+    assert!(e["bom_stripped"].as_u64() >= Some(1), "{e}");
+    assert_eq!(e["unterminated_last_line"], 1, "{e}");
+    assert!(stderr.contains("invalid_utf8"), "{stderr}");
+    let _ = std::fs::remove_file(&path);
+}

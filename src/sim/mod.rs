@@ -7,5 +7,6 @@ pub mod frames;
 pub mod gamma;
 pub mod model;
 pub mod rng;
+pub mod truth;
 
 pub use model::{EventKind, SimConfig, SimExchange, SimFrame, SimMarket};

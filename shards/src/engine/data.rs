@@ -269,11 +269,14 @@ pub async fn run(
         handler: cfg.handler.as_ref().map(|make| make(shard_id)),
         tap: StreamTap::new(streams),
         clock: StatusClock::default(),
-        recorder: cfg.record_dir.as_deref().and_then(|dir| match Recorder::open(dir, shard_id) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without");
-                None
+        recorder: cfg.record_dir.as_deref().and_then(|dir| {
+            let settings = polybook::capture::RecordingSettings::of(&cfg.store);
+            match Recorder::open(dir, shard_id, &settings) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without");
+                    None
+                }
             }
         }),
         reports,
@@ -397,7 +400,11 @@ async fn settle_loop(shard: ShardRef, stop: Shutdown) {
             tap: &mut s.tap,
             clock: &mut s.clock,
         };
-        s.store.settle(wall_ms(), &mut sink);
+        let now = wall_ms();
+        if let Some(r) = s.recorder.as_mut() {
+            r.settle(now);
+        }
+        s.store.settle(now, &mut sink);
         let tokens = sink.resync;
         if tokens.is_empty() {
             continue;
@@ -791,12 +798,14 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 if pong {
                     continue;
                 }
-                s.store.set_now_ms(wall_ms());
+                // One clock reading for the store and the recording, so replay sets the same.
+                let recv_ns = now_ns();
+                s.store.set_now_ms(recv_ns / 1_000_000);
                 if was_stale {
                     resync_stale_books(s, conn_id, feed);
                 }
                 if let Some(r) = s.recorder.as_mut() {
-                    r.frame(now_ns(), feed, text);
+                    r.frame(recv_ns, feed, text);
                 }
                 let mut sink = ShardSink {
                     resync: Vec::new(),
@@ -1073,6 +1082,9 @@ fn mark_stale_if_silent(s: &mut Shard, conn_id: u32, feed: u32, now: Instant) {
         tap: &mut s.tap,
         clock: &mut s.clock,
     };
+    if let Some(r) = s.recorder.as_mut() {
+        r.stale(feed);
+    }
     let n = s.store.mark_feed_stale(FeedId(feed), &mut sink);
     if n > 0 {
         tracing::warn!(conn = conn_id, feed, books = n, "no data: books stale");
@@ -1093,6 +1105,10 @@ fn resync_stale_books(s: &mut Shard, conn_id: u32, feed: u32) {
         tap: &mut s.tap,
         clock: &mut s.clock,
     };
+    if let Some(r) = s.recorder.as_mut() {
+        let ids: Vec<&str> = stale.iter().map(TokenId::as_str).collect();
+        r.resync(&ids);
+    }
     for t in &stale {
         s.store.mark_resyncing(t.as_str(), &mut sink);
     }

@@ -12,12 +12,15 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use polybook::book::TokenMeta;
-use polybook::capture::{record_frame_line, record_track_line, RECORDING_HEADER};
+use polybook::capture::{
+    record_frame_line, record_track_line, recording_header_v2, RecordingSettings,
+};
 
 /// Bytes per file before a new one starts.
 pub const ROTATE_BYTES: u64 = 256 << 20;
 
 pub struct Recorder {
+    header: String,
     dir: PathBuf,
     shard: usize,
     seq: u32,
@@ -28,9 +31,16 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn open(dir: &Path, shard: usize) -> std::io::Result<Recorder> {
+    /// `settings`: the store's integrity settings, written in every file's header so that
+    /// replay judges exactly as the engine did.
+    pub fn open(
+        dir: &Path,
+        shard: usize,
+        settings: &RecordingSettings,
+    ) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
         let mut r = Recorder {
+            header: recording_header_v2(settings),
             dir: dir.to_owned(),
             shard,
             seq: 0,
@@ -53,7 +63,7 @@ impl Recorder {
             let path = self.dir.join(format!("shard-{}-{:06}.rec", self.shard, self.seq));
             if !path.exists() {
                 let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-                writeln!(w, "{RECORDING_HEADER}")?;
+                writeln!(w, "{}", self.header)?;
                 self.out = Some(w);
                 self.bytes = 0;
                 return Ok(());
@@ -108,6 +118,20 @@ impl Recorder {
     pub fn lost(&mut self, feed: u32, tokens: &[&str]) {
         if !tokens.is_empty() {
             self.line(&format!("#lost {feed} {}", tokens.join(" ")));
+        }
+    }
+
+    pub fn settle(&mut self, now_ms: u64) {
+        self.line(&format!("#settle {now_ms}"));
+    }
+
+    pub fn stale(&mut self, feed: u32) {
+        self.line(&format!("#stale {feed}"));
+    }
+
+    pub fn resync(&mut self, tokens: &[&str]) {
+        if !tokens.is_empty() {
+            self.line(&format!("#resync {}", tokens.join(" ")));
         }
     }
 
