@@ -239,6 +239,20 @@ pub struct Api {
     pub ws_ping_ms: u64,
     /// subscribe/unsubscribe operations per second per `/ws` client.
     pub ws_ops_per_s_max: u32,
+    // Exposure to other hosts and to browsers (issue 12).
+    /// `Authorization: Bearer` token for everything under `/admin`; without one, admin is
+    /// loopback only and `listen` must be a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API and whose names may
+    /// appear in `Host`, besides the listen address, localhost, 127.0.0.1 and [::1].
+    pub allowed_origins: Vec<String>,
+    /// Connections (HTTP and WebSocket) served at once.
+    pub connections_max: usize,
+    /// Of those, upgraded `/ws` streams at once; more are refused with 503. Absent: 3/4 of
+    /// `connections_max`, so a quarter always stays for plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_connections_max: Option<usize>,
 }
 
 impl Default for Api {
@@ -251,7 +265,49 @@ impl Default for Api {
             ws_idle_ms: 30_000,
             ws_ping_ms: 15_000,
             ws_ops_per_s_max: 20,
+            admin_token: None,
+            allowed_origins: Vec::new(),
+            connections_max: 4096,
+            ws_connections_max: None,
         }
+    }
+}
+
+impl Api {
+    /// `ws_connections_max`, or its default.
+    pub fn ws_connections_limit(&self) -> usize {
+        self.ws_connections_max.unwrap_or(self.connections_max - self.connections_max / 4)
+    }
+}
+
+/// Connections that always stay for plain HTTP, however `api.ws_connections_max` is set.
+pub const HTTP_CONNECTIONS_RESERVED_MIN: usize = 4;
+
+/// A secret from the configuration: never printed (`Debug`, `check-config`, error messages).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for comparison only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
     }
 }
 
@@ -383,6 +439,7 @@ impl Config {
         })?;
         in_range("api.ws_client_buffer_max", self.api.ws_client_buffer_max, 1, 1 << 20)?;
         in_range("api.requests_per_s_max", self.api.requests_per_s_max, 1, 1_000_000)?;
+        self.validate_exposure()?;
         let sel = &self.selection;
         for (key, v) in [
             ("selection.volume_min", sel.volume_min),
@@ -411,6 +468,57 @@ impl Config {
             Some(path) => read_tls_roots(path)?,
         };
         Ok(ValidConfig { config: self, tls_roots })
+    }
+}
+
+impl Config {
+    /// `[api]` keys that decide who may reach the API and how many may hold it.
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        // Checked in `validate` before this runs.
+        let listen: std::net::SocketAddr =
+            api.listen.parse().map_err(|_| invalid("api.listen", &api.listen, "not an address"))?;
+        match &api.admin_token {
+            Some(t) => {
+                let t = t.expose();
+                let printable = t.bytes().all(|b| b.is_ascii_graphic());
+                if !(16..=512).contains(&t.len()) || !printable {
+                    return Err(invalid(
+                        "api.admin_token",
+                        "<redacted>",
+                        "must be 16 to 512 printable ASCII characters without spaces",
+                    ));
+                }
+            }
+            None if !listen.ip().is_loopback() => {
+                return Err(invalid(
+                    "api.listen",
+                    &api.listen,
+                    "is not a loopback address: set api.admin_token, or the admin endpoints \
+                     are only as safe as the network (behind a reverse proxy every request \
+                     looks local)",
+                ));
+            }
+            None => {}
+        }
+        in_range("api.allowed_origins (count)", api.allowed_origins.len(), 0, 64)?;
+        for o in &api.allowed_origins {
+            crate::net::Origin::parse(o).map_err(|why| {
+                invalid(
+                    "api.allowed_origins",
+                    o,
+                    &format!("{why} (e.g. \"https://dash.example.com\")"),
+                )
+            })?;
+        }
+        in_range("api.connections_max", api.connections_max, 16, 65_536)?;
+        in_range(
+            "api.ws_connections_max",
+            api.ws_connections_limit(),
+            1,
+            api.connections_max - HTTP_CONNECTIONS_RESERVED_MIN,
+        )?;
+        Ok(())
     }
 }
 
@@ -449,6 +557,13 @@ mod tests {
             ("[layout]\ndata_cores = []\n", "layout.data_cores"),
             ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
             ("[endpoints]\nws_url = \"http://x\"\n", "endpoints.ws_url"),
+            ("[api]\nlisten = \"0.0.0.0:8080\"\n", "api.listen"),
+            ("[api]\nallowed_origins = [\"*\"]\n", "api.allowed_origins"),
+            ("[api]\nallowed_origins = [\"https://x.example/app\"]\n", "api.allowed_origins"),
+            ("[api]\nallowed_origins = [\"ftp://x.example\"]\n", "api.allowed_origins"),
+            ("[api]\nconnections_max = 1000000\n", "api.connections_max"),
+            ("[api]\nconnections_max = 64\nws_connections_max = 61\n", "api.ws_connections_max"),
+            ("[api]\nws_connections_max = 0\n", "api.ws_connections_max"),
         ] {
             let r = Config::from_toml(text, "x").and_then(Config::validate);
             match r {
@@ -456,9 +571,17 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
-        let r =
-            Config::from_toml("[layout]\ndata_cores = [1, 2]\n", "x").and_then(Config::validate);
-        assert!(r.is_ok());
+        for ok in [
+            "[layout]\ndata_cores = [1, 2]\n",
+            "[api]\nconnections_max = 64\n",
+            "[api]\nallowed_origins = [\"https://dash.example.com\", \"http://[::1]:9000\"]\n",
+            "[api]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"0123456789abcdef\"\n",
+        ] {
+            let r = Config::from_toml(ok, "x").and_then(Config::validate);
+            assert!(r.is_ok(), "{ok}: {r:?}");
+        }
+        let c = Config::from_toml("[api]\nconnections_max = 64\n", "x").map(|c| c.api);
+        assert_eq!(c.map(|a| a.ws_connections_limit()).ok(), Some(48));
     }
 
     #[test]

@@ -25,7 +25,9 @@ fn conn_ids(stats: &Value) -> Vec<u64> {
 #[test]
 fn recycling_under_load_loses_nothing() {
     let sim = sim(21, 60, 800.0);
-    let engine = engine::start(&engine_config(&sim, 40)).unwrap_or_else(|e| panic!("{e}"));
+    // Every connection is recycled at once, so the limit on recycles in flight must allow it.
+    let cfg = engine_config_with(&sim, 40, |c| c.lifecycle.recycle_concurrent_max = 64);
+    let engine = engine::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let api = format!("http://{}", engine.api_addr());
     let s = wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 120));
     let conns = conn_ids(&s);

@@ -1,6 +1,7 @@
 //! The WebSocket side of `polybook_shards::net`: upgrades through the server's handler, echo with
 //! batched writes, a frame that arrives in the same packet as the upgrade request, refused
-//! upgrades, client errors, shutdown of open sockets, and wss:// with a self-signed certificate.
+//! upgrades, the cap on WebSockets, client errors, shutdown of open sockets, and wss:// with a
+//! self-signed certificate.
 
 mod common;
 
@@ -228,6 +229,51 @@ fn refused_and_malformed_upgrades() {
         // A plain GET of the WebSocket path reaches `handle`.
         let out = exchange("GET /ws/market HTTP/1.1\r\nConnection: close\r\n\r\n".into()).await;
         assert!(out.starts_with("HTTP/1.1 426"), "{out}");
+        stop(r).await;
+    });
+}
+
+#[test]
+fn upgrades_beyond_max_websockets_get_503_while_http_is_still_served() {
+    run(|| async {
+        let cfg =
+            ServerConfig { max_connections: 8, max_websockets: Some(3), ..Default::default() };
+        let r = start(cfg);
+        let url = format!("ws://{}/ws/market", r.addr);
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(connect_ws(&url).await.unwrap_or_else(|e| panic!("connect: {e}")));
+        }
+        let exchange = |wire: &'static str| async move {
+            let mut s = TcpStream::connect(r.addr).await.unwrap_or_else(|e| panic!("conn: {e}"));
+            s.write_all(wire.as_bytes()).await.unwrap_or_else(|e| panic!("write: {e}"));
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let upgrade = "GET /ws/market HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                       Sec-WebSocket-Version: 13\r\n\r\n";
+        let out = exchange(upgrade).await;
+        assert!(out.starts_with("HTTP/1.1 503") && out.contains("retry-after"), "{out}");
+        // Plain HTTP is served from the slots WebSockets may not take.
+        for _ in 0..10 {
+            let out = exchange("GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        }
+        // A WebSocket that ends gives its slot back.
+        let mut first = open.remove(0);
+        first.close(None).await.unwrap_or_else(|e| panic!("close: {e}"));
+        while first.next().await.is_some() {}
+        let mut again = None;
+        for _ in 0..100 {
+            if let Ok(ws) = connect_ws(&url).await {
+                again = Some(ws);
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(again.is_some(), "the slot of a closed WebSocket was not released");
         stop(r).await;
     });
 }

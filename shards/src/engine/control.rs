@@ -19,8 +19,11 @@ use polybook::{MarketId, TokenId};
 use super::discovery::{closed_markets, discover, lookup, DiscoveryLimits};
 use super::mesh::{Command, MarketSpec, Report, ShardStats};
 use super::stream::{serve_client, ClientRequest, Hub, StreamControl, StreamMsg};
-use crate::config::Selection;
-use crate::net::{ws_task, Handler, Request, Response, Server, ServerConfig, Shutdown, WsTask};
+use crate::config::{Secret, Selection};
+use crate::net::{
+    ws_task, Handler, OriginPolicy, Request, Response, Server, ServerConfig, Shutdown,
+    WebSocketConfig, WsTask,
+};
 
 /// What the control shard needs to know.
 #[derive(Debug, Clone)]
@@ -45,6 +48,19 @@ pub struct ControlConfig {
     pub listing: ListingRules,
     /// `/ready` fails below this share (%) of tracked books live.
     pub ready_books_live_pct_min: u8,
+    /// Who may reach the API, and how many at once.
+    pub exposure: Exposure,
+}
+
+/// The API's exposure: admin authentication, the origins it answers, connection limits.
+#[derive(Debug, Clone)]
+pub struct Exposure {
+    pub admin_token: Option<Secret>,
+    /// Besides the listen address, localhost, 127.0.0.1 and [::1] (validated origins).
+    pub allowed_origins: Vec<String>,
+    pub connections_max: usize,
+    /// Upgraded `/ws` streams at once (below `connections_max`).
+    pub ws_connections_max: usize,
 }
 
 /// A market's lifecycle as the registry sees it.
@@ -121,7 +137,7 @@ pub async fn run(
     stop: flume::Receiver<()>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
-    let server = match Server::bind(cfg.api_listen.as_str(), ServerConfig::default()) {
+    let server = match Server::bind(cfg.api_listen.as_str(), api_server_config(&cfg.exposure)) {
         Ok(s) => s,
         Err(e) => {
             let _ = bound.send(Err(format!("cannot listen on {}: {e}", cfg.api_listen)));
@@ -131,6 +147,17 @@ pub async fn run(
             return;
         }
     };
+    let origins = match OriginPolicy::local(server.local_addr(), &cfg.exposure.allowed_origins) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = bound.send(Err(format!("api.allowed_origins: {e}")));
+            for s in &shards {
+                let _ = s.send_async(Command::Shutdown).await;
+            }
+            return;
+        }
+    };
+    tracing::debug!(origins = %origins.describe(), "api origins");
     let n_shards = shards.len();
     // "Started" means every data shard has answered once: the API never reports a shard down
     // only because its first stats snapshot is still on its way.
@@ -176,6 +203,10 @@ pub async fn run(
                 windows: HashMap::new(),
                 refused: 0,
             }),
+            admin_token: control.borrow().cfg.exposure.admin_token.clone(),
+            recycles_max: control.borrow().cfg.recycle.concurrent_max,
+            recycle_gate: Rc::new(glommio::sync::Semaphore::new(1)),
+            origins,
             control: Rc::clone(&control),
             live,
         }),
@@ -707,6 +738,34 @@ struct Api {
     control: ControlRef,
     live: Rc<Streams>,
     limiter: RefCell<RateLimiter>,
+    /// The `Host` and `Origin` values the API answers to.
+    origins: OriginPolicy,
+    admin_token: Option<Secret>,
+    /// `lifecycle.recycle_concurrent_max`, which admin recycles obey like the policy's.
+    recycles_max: usize,
+    /// Admin recycles are decided one at a time: two requests must not both see room below
+    /// `recycles_max` and both start.
+    recycle_gate: Rc<glommio::sync::Semaphore>,
+}
+
+/// Largest `/ws` message (and frame) a client may send; a larger one ends the stream. A
+/// subscribe request of about 800 token ids fits; larger sets go in several requests.
+pub const WS_MESSAGE_MAX: usize = 64 << 10;
+
+fn api_server_config(e: &Exposure) -> ServerConfig {
+    ServerConfig {
+        max_connections: e.connections_max,
+        max_websockets: Some(e.ws_connections_max),
+        ws_config: Some(
+            WebSocketConfig::default()
+                // Clients send small requests: an idle stream then holds 16 KiB of read
+                // buffer, not tungstenite's 128 KiB (thousands of idle streams add up).
+                .read_buffer_size(16 << 10)
+                .max_message_size(Some(WS_MESSAGE_MAX))
+                .max_frame_size(Some(WS_MESSAGE_MAX)),
+        ),
+        ..ServerConfig::default()
+    }
 }
 
 /// Fixed one-second windows per client address: simple, and enough to keep one client from
@@ -738,22 +797,82 @@ impl RateLimiter {
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a path names. The method is checked against [`Route::allow`] afterwards, so a known
+/// path with the wrong method is 405, never 404.
+enum Route {
+    Page(&'static str, &'static str),
+    Health,
+    Ready,
+    Stats,
+    Metrics,
+    Markets,
+    Market(String),
+    Book(String),
+    Ws,
+    AdminMarkets,
+    AdminRecycle(String),
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        Some(match path {
+            // The page is embedded in the binary: no separate server, no Node.js at run time.
+            "/" | "/index.html" => Route::Page(WEB_INDEX, "text/html; charset=utf-8"),
+            "/app.js" => Route::Page(WEB_JS, "text/javascript; charset=utf-8"),
+            "/app.css" => Route::Page(WEB_CSS, "text/css; charset=utf-8"),
+            "/health" => Route::Health,
+            "/ready" => Route::Ready,
+            "/stats" => Route::Stats,
+            "/metrics" => Route::Metrics,
+            "/markets" => Route::Markets,
+            "/ws" => Route::Ws,
+            "/admin/markets" => Route::AdminMarkets,
+            p => {
+                if let Some(id) = p.strip_prefix("/markets/") {
+                    Route::Market(id.to_owned())
+                } else if let Some(token) = p.strip_prefix("/books/") {
+                    Route::Book(token.to_owned())
+                } else if let Some(conn) = p.strip_prefix("/admin/recycle/") {
+                    Route::AdminRecycle(conn.to_owned())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The methods the path takes, as the `Allow` header lists them.
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::AdminMarkets | Route::AdminRecycle(_) => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    /// The query parameters the route reads; `None`: any (the page ignores its query, so a
+    /// cache-busting `?v=2` stays harmless).
+    fn params(&self) -> Option<&'static [&'static str]> {
+        match self {
+            Route::Page(..) => None,
+            Route::Markets => Some(&["status", "shard", "q", "offset", "limit"]),
+            Route::Book(_) => Some(&["depth"]),
+            _ => Some(&[]),
+        }
+    }
+}
+
 impl Handler for Api {
-    fn handle(&self, req: &Request) -> Response {
-        // The page is embedded in the binary: no separate server, no Node.js at run time.
-        let (body, kind) = match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/" | "/index.html") => (WEB_INDEX, "text/html; charset=utf-8"),
-            ("GET", "/app.js") => (WEB_JS, "text/javascript; charset=utf-8"),
-            ("GET", "/app.css") => (WEB_CSS, "text/css; charset=utf-8"),
-            _ => return Response::not_found(),
-        };
-        let mut resp = Response::text(200, body);
-        resp.content_type = std::borrow::Cow::Borrowed(kind);
-        resp
+    fn handle(&self, _req: &Request) -> Response {
+        // Unreachable: `handle_async` answers every request.
+        Response::not_found()
     }
 
     fn upgrade(&self, req: &Request) -> Option<WsTask> {
-        if req.path != "/ws" {
+        // Whatever is refused here is answered by `handle_async`, with the reason.
+        if req.path != "/ws" || req.method != "GET" || self.refusal(req).is_some() {
+            return None;
+        }
+        if !self.limiter.borrow_mut().allow(req.peer.map(|p| p.ip())) {
             return None;
         }
         let live = Rc::clone(&self.live);
@@ -766,82 +885,251 @@ impl Handler for Api {
         &self,
         req: &Request,
     ) -> Option<futures_util::future::LocalBoxFuture<'static, Response>> {
+        Some(self.answer(req).unwrap_or_else(|resp| Box::pin(future::ready(resp))))
+    }
+}
+
+type Answer = futures_util::future::LocalBoxFuture<'static, Response>;
+
+impl Api {
+    /// Every check a request passes, in the order a hostile client meets them: rate, Host and
+    /// Origin (403), admin credentials (401/403), path (404), method (405), content type
+    /// (415), query (400). `Err` is the refusal.
+    fn answer(&self, req: &Request) -> Result<Answer, Response> {
         if !self.limiter.borrow_mut().allow(req.peer.map(|p| p.ip())) {
-            return Some(Box::pin(async {
-                Response::error(429, "too many requests").with_header("retry-after", "1")
-            }));
+            return Err(Response::error(429, "too many requests").with_header("retry-after", "1"));
         }
-        if req.method == "POST" && req.path == "/admin/markets" {
-            if !req.peer.is_some_and(|p| p.ip().is_loopback()) {
-                return Some(Box::pin(async {
-                    Response::error(403, "admin endpoints are loopback only")
-                }));
+        if let Some(refused) = self.refusal(req) {
+            return Err(refused);
+        }
+        if req.path == "/admin" || req.path.starts_with("/admin/") {
+            self.admin_check(req)?;
+        }
+        let route = Route::of(&req.path).ok_or_else(Response::not_found)?;
+        if !route.allow().split(", ").any(|m| m == req.method) {
+            return Err(Response::method_not_allowed(route.allow()));
+        }
+        if req.method == "POST" && !is_json(req) {
+            // A page on another site can POST text/plain or a form without asking first; a
+            // JSON POST needs a CORS preflight, which this API never grants.
+            return Err(Response::error(415, "POST needs Content-Type: application/json"));
+        }
+        check_params(req, route.params())?;
+        let control = Rc::clone(&self.control);
+        let answer: Answer = match route {
+            Route::Page(body, kind) => {
+                let mut resp = Response::text(200, body);
+                resp.content_type = std::borrow::Cow::Borrowed(kind);
+                Box::pin(future::ready(resp))
             }
-            let control = Rc::clone(&self.control);
-            let body: Result<AdminMarket, _> = req.body_json();
-            return Some(Box::pin(async move {
-                match body {
-                    Ok(a) => add_market(&control, a).await,
-                    Err(e) => Response::error(
+            Route::Health => Box::pin(async move { health(&control).await }),
+            Route::Ready => Box::pin(async move { ready(&control).await }),
+            Route::Stats => {
+                let live = Rc::clone(&self.live);
+                Box::pin(async move { stats_response(&control, &live).await })
+            }
+            Route::Metrics => Box::pin(async move { metrics(&control).await }),
+            Route::Markets => {
+                let shards = control.borrow().shards.len().max(1);
+                let q = MarketQuery::parse(req, shards)?;
+                Box::pin(async move { list_markets(&control, &q) })
+            }
+            Route::Market(id) => Box::pin(async move { get_market(&control, &id).await }),
+            Route::Book(token) => {
+                let depth = parse_param(req, "depth", "a whole number of levels per side")?;
+                Box::pin(async move { get_book(&control, &token, depth).await })
+            }
+            Route::Ws => {
+                return Err(Response::error(426, "/ws takes WebSocket upgrade requests only")
+                    .with_header("upgrade", "websocket"))
+            }
+            Route::AdminMarkets => {
+                let body: AdminMarket = req.body_json().map_err(|e| {
+                    Response::error(
                         400,
                         &format!("expected {{\"condition_id\"|\"slug\"|\"token_id\": ...}}: {e}"),
-                    ),
-                }
-            }));
-        }
-        if req.method == "POST" && req.path.starts_with("/admin/recycle/") {
-            if !req.peer.is_some_and(|p| p.ip().is_loopback()) {
-                return Some(Box::pin(async {
-                    Response::error(403, "admin endpoints are loopback only")
-                }));
+                    )
+                })?;
+                Box::pin(async move { add_market(&control, body).await })
             }
-            let control = Rc::clone(&self.control);
-            let conn = req.path.trim_start_matches("/admin/recycle/").parse::<u32>();
-            return Some(Box::pin(async move {
-                let Ok(conn) = conn else {
-                    return Response::error(400, "connection id must be a number (see /stats)");
-                };
-                let tx = control.borrow().shards.get(conn_shard(conn)).cloned();
-                let Some(tx) = tx else { return Response::error(404, "no such connection") };
-                match query(&tx, |reply| Command::Recycle { conn, reply: Some(reply) }).await {
-                    Some(true) => Response::json(200, &serde_json::json!({"recycling": conn})),
-                    Some(false) => Response::error(
-                        409,
-                        "connection unknown, closing, disconnected or already recycling",
-                    ),
-                    None => Response::error(503, "owning shard did not answer"),
-                }
-            }));
+            Route::AdminRecycle(conn) => {
+                let conn = conn.parse::<u32>().map_err(|_| {
+                    Response::error(400, "connection id must be a number (see /stats)")
+                })?;
+                let (gate, max) = (Rc::clone(&self.recycle_gate), self.recycles_max);
+                Box::pin(async move { admin_recycle(&control, &gate, max, conn).await })
+            }
+        };
+        Ok(answer)
+    }
+
+    /// Refuses what a browser sends on another site's behalf: a `Host` that is not the
+    /// API's (DNS rebinding: the attacker's name resolving to 127.0.0.1) or an `Origin` that
+    /// is not (a form, fetch or WebSocket from another page). Clients that are not browsers
+    /// send our `Host` and no `Origin`.
+    fn refusal(&self, req: &Request) -> Option<Response> {
+        let mut hosts = req.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("host"));
+        let (Some((_, host)), None) = (hosts.next(), hosts.next()) else {
+            return Some(Response::error(400, "exactly one Host header is required"));
+        };
+        if !self.origins.host_allowed(host) {
+            tracing::debug!(host = %host, peer = ?req.peer, "refused: Host is not ours");
+            return Some(Response::error(
+                403,
+                "Host is not this API's name; to reach it under another name, add that \
+                 origin to api.allowed_origins",
+            ));
         }
-        if req.method != "GET" {
+        let origin = req.header("origin")?;
+        if self.origins.origin_allowed(origin) {
             return None;
         }
-        let control = Rc::clone(&self.control);
-        let path = req.path.clone();
-        let depth = req.query_param("depth").and_then(|d| d.parse::<usize>().ok());
-        match path.as_str() {
-            "/health" => Some(Box::pin(async move { health(&control).await })),
-            "/ready" => Some(Box::pin(async move { ready(&control).await })),
-            "/stats" => {
-                let live = Rc::clone(&self.live);
-                Some(Box::pin(async move { stats_response(&control, &live).await }))
+        tracing::debug!(origin = %origin, peer = ?req.peer, "refused: cross-origin request");
+        Some(Response::error(
+            403,
+            "cross-origin request refused; pages of another origin need it in \
+             api.allowed_origins",
+        ))
+    }
+
+    /// Admin needs the token when one is configured, from any peer: behind a reverse proxy
+    /// on the same host every request comes from loopback. Without a token the listener is
+    /// loopback only (validated) and so is admin.
+    fn admin_check(&self, req: &Request) -> Result<(), Response> {
+        match &self.admin_token {
+            Some(token) => {
+                let given = req.header("authorization").and_then(bearer_token);
+                if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()))
+                {
+                    return Ok(());
+                }
+                Err(Response::error(401, "admin needs Authorization: Bearer <api.admin_token>")
+                    .with_header("www-authenticate", "Bearer realm=\"polybook admin\""))
             }
-            "/metrics" => Some(Box::pin(async move { metrics(&control).await })),
-            "/markets" => {
-                let q = MarketQuery::from(req);
-                Some(Box::pin(async move { list_markets(&control, &q) }))
-            }
-            p if p.starts_with("/markets/") => {
-                let id = p.trim_start_matches("/markets/").to_owned();
-                Some(Box::pin(async move { get_market(&control, &id).await }))
-            }
-            p if p.starts_with("/books/") => {
-                let token = p.trim_start_matches("/books/").to_owned();
-                Some(Box::pin(async move { get_book(&control, &token, depth).await }))
-            }
-            _ => None,
+            None if req.peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+            None => Err(Response::error(
+                403,
+                "admin endpoints are loopback only (set api.admin_token to allow others)",
+            )),
         }
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(req: &Request) -> bool {
+    req.header("content-type").is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// The credentials of `Authorization: Bearer TOKEN` (the scheme is case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell a
+/// guesser how much of a token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i).copied().unwrap_or(0), b.get(i).copied().unwrap_or(0));
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// At most 64 characters of a client's value, for an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn bad_param(name: &str, value: &str, takes: &str) -> Response {
+    Response::error(400, &format!("bad query parameter {name}={:?}: {takes}", clip(value)))
+}
+
+/// Unknown and repeated parameters are refused: a typo (`?stauts=closed`) must not quietly
+/// return everything.
+fn check_params(req: &Request, allowed: Option<&[&str]>) -> Result<(), Response> {
+    let Some(allowed) = allowed else { return Ok(()) };
+    for (i, (name, _)) in req.query.iter().enumerate() {
+        if !allowed.contains(&name.as_str()) {
+            let takes = if allowed.is_empty() {
+                format!("{} takes no query parameters", req.path)
+            } else {
+                format!("{} takes {}", req.path, allowed.join(", "))
+            };
+            return Err(Response::error(
+                400,
+                &format!("unknown query parameter {:?}: {takes}", clip(name)),
+            ));
+        }
+        if req.query.get(..i).is_some_and(|before| before.iter().any(|(n, _)| n == name)) {
+            return Err(Response::error(400, &format!("query parameter {name} given twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A query parameter as `T`: `None` when absent, 400 naming it and `takes` when malformed.
+fn parse_param<T: std::str::FromStr>(
+    req: &Request,
+    name: &str,
+    takes: &str,
+) -> Result<Option<T>, Response> {
+    match req.query_param(name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| bad_param(name, v, takes)),
+    }
+}
+
+/// `POST /admin/recycle/{id}`: starts a make-before-break recycle unless
+/// `lifecycle.recycle_concurrent_max` recycles (admin's or the policy's) are in flight.
+async fn admin_recycle(
+    control: &ControlRef,
+    gate: &glommio::sync::Semaphore,
+    max: usize,
+    conn: u32,
+) -> Response {
+    let tx = control.borrow().shards.get(conn_shard(conn)).cloned();
+    let Some(tx) = tx else { return Response::error(404, "no such connection") };
+    let Ok(_turn) = gate.acquire_permit(1).await else {
+        return Response::error(503, "shutting down");
+    };
+    match recycles_in_flight(control).await {
+        Err(shard) => Response::error(
+            503,
+            &format!("shard {shard} did not answer: cannot check lifecycle.recycle_concurrent_max"),
+        ),
+        Ok(n) if n >= max => Response::error(
+            429,
+            &format!(
+                "{n} recycles in flight and lifecycle.recycle_concurrent_max = {max}: retry once \
+                 one has finished (connections with \"recycling\": true in /stats)"
+            ),
+        )
+        .with_header("retry-after", "5"),
+        Ok(_) => match query(&tx, |reply| Command::Recycle { conn, reply: Some(reply) }).await {
+            Some(true) => Response::json(200, &serde_json::json!({"recycling": conn})),
+            Some(false) => Response::error(
+                409,
+                "connection unknown, closing, disconnected or already recycling",
+            ),
+            None => Response::error(503, "owning shard did not answer"),
+        },
+    }
+}
+
+/// Recycles in flight on every shard, asked now: a cached view could be older than the
+/// recycle this very request races with. `Err`: the shard that did not answer.
+async fn recycles_in_flight(control: &ControlRef) -> Result<usize, usize> {
+    let shards = control.borrow().shards.clone();
+    let mut n = 0;
+    for (i, tx) in shards.iter().enumerate() {
+        let stats = query(tx, |reply| Command::Stats { reply }).await.ok_or(i)?;
+        n += stats.connections.iter().filter(|c| c.recycling).count();
+    }
+    Ok(n)
 }
 
 /// `POST /admin/markets` body: one of the three keys.
@@ -1127,15 +1415,35 @@ struct MarketQuery {
     limit: usize,
 }
 
-impl From<&Request> for MarketQuery {
-    fn from(req: &Request) -> MarketQuery {
-        MarketQuery {
-            status: req.query_param("status").map(str::to_owned),
-            shard: req.query_param("shard").and_then(|v| v.parse().ok()),
-            q: req.query_param("q").map(str::to_lowercase).filter(|q| !q.is_empty()),
-            offset: req.query_param("offset").and_then(|v| v.parse().ok()).unwrap_or(0),
-            limit: req.query_param("limit").and_then(|v| v.parse().ok()).unwrap_or(100).min(1000),
+impl MarketQuery {
+    /// The filters of a `/markets` request; a value out of its domain is 400, never a
+    /// silent default.
+    fn parse(req: &Request, shards: usize) -> Result<MarketQuery, Response> {
+        const STATES: [&str; 4] = ["active", "resolved", "closed", "expired"];
+        let status = match req.query_param("status") {
+            None => None,
+            Some(s) if STATES.contains(&s) => Some(s.to_owned()),
+            Some(s) => {
+                return Err(bad_param("status", s, "one of active, resolved, closed, expired"))
+            }
+        };
+        let shard_takes = format!("a shard number from 0 to {}", shards - 1);
+        let shard = parse_param::<usize>(req, "shard", &shard_takes)?;
+        if let Some(s) = shard.filter(|&s| s >= shards) {
+            return Err(bad_param("shard", &s.to_string(), &shard_takes));
         }
+        let limit_takes = "a whole number from 0 to 1000";
+        let limit = parse_param::<usize>(req, "limit", limit_takes)?.unwrap_or(100);
+        if limit > 1000 {
+            return Err(bad_param("limit", &limit.to_string(), limit_takes));
+        }
+        Ok(MarketQuery {
+            status,
+            shard,
+            q: req.query_param("q").map(str::to_lowercase).filter(|q| !q.is_empty()),
+            offset: parse_param(req, "offset", "a whole number (0 or more)")?.unwrap_or(0),
+            limit,
+        })
     }
 }
 

@@ -285,6 +285,12 @@ fn start_with(
             close_pct_max: cfg.discovery.close_pct_max,
         },
         ready_books_live_pct_min: cfg.api.ready_books_live_pct_min,
+        exposure: control::Exposure {
+            admin_token: cfg.api.admin_token.clone(),
+            allowed_origins: cfg.api.allowed_origins.clone(),
+            connections_max: cfg.api.connections_max,
+            ws_connections_max: cfg.api.ws_connections_limit(),
+        },
     };
     let (stop_tx, stop_rx) = flume::bounded(1);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();

@@ -361,6 +361,7 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
     pub const IDLE: u16 = 4000;
 }
 
@@ -491,6 +492,11 @@ pub async fn serve_client<C: StreamControl + 'static>(
                 if ws.send(Message::text(reply)).await.is_err() {
                     break;
                 }
+            }
+            Ev::In(Some(Err(async_tungstenite::tungstenite::Error::Capacity(_)))) => {
+                // Over the server's 64 KiB message limit: the documented close code.
+                (close_code, reason) = (close::TOO_BIG, "message too big (64 KiB max)");
+                break;
             }
             Ev::In(Some(Ok(Message::Close(_)))) | Ev::In(None) | Ev::In(Some(Err(_))) => break,
             Ev::In(Some(Ok(_))) => last_seen = Instant::now(),

@@ -22,7 +22,9 @@ pub use client::{
     HttpResponse, Target, USER_AGENT,
 };
 pub use error::NetError;
-pub use http::{parse_query, percent_decode, reason, Request, Response};
+pub use http::{
+    parse_authority, parse_query, percent_decode, reason, Origin, OriginPolicy, Request, Response,
+};
 pub use server::{websocket_accept_key, ws_task, Handler, Server, ServerConfig, ServerWs, WsTask};
 pub use signal::{Shutdown, Wait};
 pub use stream::{ClientStream, MaybeTls, ServerStream};

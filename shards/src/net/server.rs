@@ -3,11 +3,13 @@
 //!
 //! One task per connection, no thread crossing: handlers are plain `Rc` state. Every read of a
 //! request is bounded (head size, body size, time), so a slow or hostile client costs one
-//! connection slot for at most `read_timeout`, and the slots themselves are capped.
+//! connection slot for at most `read_timeout`, and the slots themselves are capped; upgraded
+//! WebSockets can be capped lower, so that they never take the slots plain HTTP needs.
 //!
 //! With [`ServerConfig::tls`] every accepted connection is TLS (https and wss on one port); the
 //! handshake runs in the connection's task, and plain connections are served as before.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -88,6 +90,10 @@ pub struct ServerConfig {
     pub write_timeout: Option<Duration>,
     /// Connections served at once; further clients wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Upgraded WebSockets at once, each also holding one of `max_connections`; an upgrade
+    /// beyond it is answered 503. Below `max_connections` it keeps the difference for plain
+    /// HTTP, so idle WebSockets cannot lock out health checks. `None`: no cap of their own.
+    pub max_websockets: Option<usize>,
     /// After shutdown fires, how long open connections (WebSockets included) get to finish
     /// before they are dropped.
     pub shutdown_grace: Duration,
@@ -106,6 +112,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(10),
             write_timeout: Some(Duration::from_secs(10)),
             max_connections: 4096,
+            max_websockets: None,
             shutdown_grace: Duration::from_secs(2),
             ws_config: None,
             tls: None,
@@ -148,6 +155,7 @@ impl Server {
         let acceptor = config.tls.clone().map(futures_rustls::TlsAcceptor::from);
         let cap = u64::try_from(config.max_connections.max(1)).unwrap_or(u64::MAX);
         let slots = Rc::new(Semaphore::new(cap));
+        let websockets = Rc::new(Cell::new(0usize));
         loop {
             let permit = or(async { slots.acquire_static_permit(1).await.ok() }, async {
                 shutdown.wait().await;
@@ -170,13 +178,19 @@ impl Server {
                     continue;
                 }
             };
-            let (handler, config, shutdown, acceptor) =
-                (Rc::clone(&handler), Rc::clone(&config), shutdown.clone(), acceptor.clone());
+            let (handler, config, shutdown, acceptor, websockets) = (
+                Rc::clone(&handler),
+                Rc::clone(&config),
+                shutdown.clone(),
+                acceptor.clone(),
+                Rc::clone(&websockets),
+            );
             glommio::spawn_local(async move {
                 let grace = config.shutdown_grace;
                 let conn = async {
                     if let Some(stream) = accept_stream(stream, acceptor, &config).await {
-                        serve_connection(stream, handler, config, shutdown.clone()).await;
+                        serve_connection(stream, handler, config, shutdown.clone(), websockets)
+                            .await;
                     }
                 };
                 or(conn, async {
@@ -233,11 +247,31 @@ enum Incoming {
     Reject(Response),
 }
 
+/// One upgraded WebSocket counted against [`ServerConfig::max_websockets`] while it lives.
+struct WsSlot(Rc<Cell<usize>>);
+
+impl WsSlot {
+    fn take(count: &Rc<Cell<usize>>, max: Option<usize>) -> Option<WsSlot> {
+        if max.is_some_and(|m| count.get() >= m) {
+            return None;
+        }
+        count.set(count.get() + 1);
+        Some(WsSlot(Rc::clone(count)))
+    }
+}
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 async fn serve_connection<H: Handler + ?Sized>(
     mut stream: ServerStream,
     handler: Rc<H>,
     cfg: Rc<ServerConfig>,
     shutdown: Shutdown,
+    websockets: Rc<Cell<usize>>,
 ) {
     let peer = stream.tcp().peer_addr().ok();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -276,6 +310,13 @@ async fn serve_connection<H: Handler + ?Sized>(
                         return;
                     }
                 };
+                let Some(slot) = WsSlot::take(&websockets, cfg.max_websockets) else {
+                    tracing::debug!(peer = ?peer, "websocket upgrade refused: at capacity");
+                    let resp = Response::error(503, "too many websocket connections; retry later")
+                        .with_header("retry-after", "5");
+                    reject_and_close(stream, &resp).await;
+                    return;
+                };
                 let head = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
                      connection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
@@ -294,6 +335,7 @@ async fn serve_connection<H: Handler + ?Sized>(
                 )
                 .await;
                 task(ws).await;
+                drop(slot);
                 return;
             }
         }
