@@ -57,9 +57,12 @@ pub struct LtpText {
 }
 
 impl LtpText {
-    /// Keeps `s` if it is a valid price string of at most 15 bytes.
+    /// A market with no trade yet: the venue writes and hashes `"last_trade_price":""`.
+    pub const EMPTY: LtpText = LtpText { buf: [0; 15], len: 0 };
+
+    /// Keeps `s` if it is a valid price string of at most 15 bytes, or empty (no trade yet).
     pub fn new(s: &str) -> Option<LtpText> {
-        if s.len() > 15 || Price::parse(s).is_err() {
+        if s.len() > 15 || (!s.is_empty() && Price::parse(s).is_err()) {
             return None;
         }
         let mut buf = [0u8; 15];
@@ -492,5 +495,7 @@ mod tests {
         assert_eq!(LtpText::from_price(p("0.49")).as_str(), "0.490");
         assert_eq!(LtpText::from_price(p("0.0645")).as_str(), "0.0645");
         assert!(LtpText::new("abc").is_none());
+        assert_eq!(LtpText::new(""), Some(LtpText::EMPTY));
+        assert_eq!(LtpText::EMPTY.as_str(), "");
     }
 }
