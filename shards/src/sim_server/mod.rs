@@ -37,7 +37,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use polybook::sim::{SimConfig, SimExchange};
+use polybook::sim::{RealShape, SimConfig, SimExchange};
 
 use crate::net::{NetError, Server, ServerConfig, Shutdown};
 pub use fault::{FaultKind, FaultRequest, RandomFaults, FAULT_DURATION_MS_DEFAULT};
@@ -74,6 +74,9 @@ pub struct SimServerConfig {
     pub server: ServerConfig,
     /// CPU to pin [`spawn_sim_server`]'s executor to; None: unbound.
     pub cpu: Option<usize>,
+    /// The real venue's traffic quirks (same-timestamp runs, hashes ahead, stale snapshots,
+    /// ...); [`RealShape::off`] for plain traffic.
+    pub real_shape: RealShape,
 }
 
 impl Default for SimServerConfig {
@@ -91,6 +94,7 @@ impl Default for SimServerConfig {
             start_ms: None,
             server: ServerConfig::default(),
             cpu: None,
+            real_shape: RealShape::default(),
         }
     }
 }
@@ -126,6 +130,7 @@ impl SimServer {
             seed: cfg.seed,
             markets: cfg.markets,
             start_ms: cfg.start_ms.unwrap_or_else(wall_ms),
+            real_shape: cfg.real_shape,
             ..SimConfig::default()
         });
         let limits = state::Limits {
