@@ -321,3 +321,59 @@ fn hash_vector_price_change_2025_12_23_matches_with_unannounced_trade_price() {
         assert_ne!(hash_hex(&book, pc.timestamp.0), expected[i]);
     }
 }
+
+/// A market with no trade yet: its books say `"last_trade_price":""` and hash the empty text.
+#[test]
+fn hash_vector_opening_books_with_empty_last_trade_price_match() {
+    let text = fixture("ws_book_opening_array_ltp_empty_2026-04-09.json");
+    let (kind, events) = decode_all(&text);
+    assert_eq!(kind, FrameKind::Array(2));
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let MarketEvent::Book(b) = e else { panic!("not a book") };
+        assert_eq!(b.last_trade_price.as_deref(), Some(""));
+        let ltp = b.last_trade_price.as_deref().and_then(LtpText::new);
+        assert_eq!(ltp, Some(LtpText::EMPTY));
+        let book = book_from_event(b, usual_meta(), "");
+        assert_eq!(Some(hash_hex(&book, b.timestamp.0).as_str()), b.hash.as_deref());
+        // No guess at a price stands in for "no trade": each gives another hash.
+        let with_price = book_from_event(b, usual_meta(), "0.500");
+        assert_ne!(Some(hash_hex(&with_price, b.timestamp.0).as_str()), b.hash.as_deref());
+    }
+}
+
+/// The hashed last trade price is the market's last trade as printed, whichever token it
+/// printed on: the YES token here bids 0.004 and hashes "0.996" (a NO trade), not "0.004".
+#[test]
+fn yes_book_hashes_the_trade_price_printed_on_no() {
+    let gamma: serde_json::Value =
+        serde_json::from_str(&fixture("gamma_market_yes_no_2026-07.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<String> = serde_json::from_str(gamma["clobTokenIds"].as_str().unwrap_or("[]"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outcomes: Vec<String> = serde_json::from_str(gamma["outcomes"].as_str().unwrap_or("[]"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcomes, ["Yes", "No"]);
+    let text = fixture("rest_book_yes_hashes_no_trade_price_2026-07.json");
+    let ev: polybook::protocol::BookEvent<'_> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&*ev.asset_id, ids[0].as_str(), "the YES token");
+    let meta = TokenMeta {
+        tick_size: ev.tick_size,
+        min_order_size: ev.min_order_size,
+        neg_risk: ev.neg_risk,
+    };
+    assert_eq!(
+        meta,
+        TokenMeta {
+            tick_size: Some(p("0.001")),
+            min_order_size: Some(z("5")),
+            neg_risk: Some(true)
+        }
+    );
+    let book = book_from_event(&ev, meta, "0.996");
+    assert_eq!(book.best_bid().map(|l| l.price), Some(p("0.004")));
+    assert_eq!(Some(hash_hex(&book, ev.timestamp.0).as_str()), ev.hash.as_deref());
+    let in_yes_terms = book_from_event(&ev, meta, "0.004");
+    assert_ne!(Some(hash_hex(&in_yes_terms, ev.timestamp.0).as_str()), ev.hash.as_deref());
+}

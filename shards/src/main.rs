@@ -102,10 +102,15 @@ struct SimArgs {
     /// Write that certificate as PEM to this file (for `endpoints.tls_roots_file`).
     #[arg(long, value_name = "FILE", requires = "tls")]
     cert_out: Option<PathBuf>,
+    /// Plain traffic: no same-timestamp runs, hashes ahead, stale snapshots or other quirks of
+    /// the real venue's stream.
+    #[arg(long)]
+    plain_traffic: bool,
 }
 
 impl SimArgs {
     fn config(&self) -> anyhow::Result<polybook_shards::sim_server::SimServerConfig> {
+        use polybook::sim::RealShape;
         use polybook_shards::sim_server::{RandomFaults, SimServerConfig, TlsIdentity};
         let tls = if self.tls { Some(TlsIdentity::self_signed_localhost()?) } else { None };
         if let (Some(id), Some(path)) = (&tls, &self.cert_out) {
@@ -119,6 +124,7 @@ impl SimArgs {
             random_faults: (self.faults_per_minute > 0.0)
                 .then_some(RandomFaults { seed: self.seed, per_minute: self.faults_per_minute }),
             tls,
+            real_shape: if self.plain_traffic { RealShape::off() } else { RealShape::default() },
             ..SimServerConfig::default()
         })
     }

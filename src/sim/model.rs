@@ -4,6 +4,7 @@ use hashbrown::HashMap;
 
 use super::frames::{self, EntryOut, NewMarketOut};
 use super::rng::Rng;
+use super::shape::{RealShape, ShapeCounters};
 use crate::book::hash::book_hash;
 use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
 use crate::decimal::{Price, Size, SCALE};
@@ -19,11 +20,20 @@ pub struct SimConfig {
     pub start_ms: u64,
     /// Most levels kept per side; orders beyond it cancel the worst level instead.
     pub levels_per_side_max: usize,
+    /// The real venue's quirks (runs, cascades, hashes ahead, stale snapshots, ...); on by
+    /// default, [`RealShape::off`] for plain traffic.
+    pub real_shape: RealShape,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { seed: 1, markets: 100, start_ms: 1_790_000_000_000, levels_per_side_max: 40 }
+        SimConfig {
+            seed: 1,
+            markets: 100,
+            start_ms: 1_790_000_000_000,
+            levels_per_side_max: 40,
+            real_shape: RealShape::default(),
+        }
     }
 }
 
@@ -49,6 +59,15 @@ pub struct SimFrame {
     pub custom: bool,
     /// Sent to every such connection, subscribed or not (`new_market`).
     pub broadcast: bool,
+    /// Sent only to connections subscribed to this outcome (0 or 1) of the market; None: to
+    /// every connection subscribed to either (a `price_change` carries both tokens' entries).
+    pub token: Option<u8>,
+}
+
+impl SimFrame {
+    fn market(market: u32, text: String) -> SimFrame {
+        SimFrame { market, text, custom: false, broadcast: false, token: None }
+    }
 }
 
 /// A market's lifecycle on the venue.
@@ -73,9 +92,12 @@ pub struct SimMarket {
     pub end_date_ms: u64,
     pub state: MarketState,
     books: [Book; 2],
-    /// The market's last trade price as the venue hashes it (one per market).
+    /// The market's last trade price as the venue hashes it (one per market, in the terms of
+    /// the token the trade printed on; empty before the first trade).
     ltp: LtpText,
     active_pos: usize,
+    /// The timestamp of the market's last event, so that with runs on the next one is later.
+    last_ts: u64,
 }
 
 impl SimMarket {
@@ -108,9 +130,53 @@ pub struct SimExchange {
     next_gamma_id: u64,
     now_ms: u64,
     scratch: String,
+    /// The quirks' own random stream, so that `RealShape::off()` draws exactly what earlier
+    /// versions drew from `rng`.
+    shape_rng: Rng,
+    /// Opening dumps' stream: whether a dump is stale must not depend on, nor change, the
+    /// events generated between subscriptions.
+    snap_rng: Rng,
+    shape_counters: ShapeCounters,
+}
+
+/// One level change of a market on token 0 (token 1 gets the mirror), with the size it set.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    side: Side,
+    price: Price,
+    size: Size,
+    /// Which token's entry is written first.
+    first: usize,
+}
+
+/// What an entry says about its token's book: hash and best bid/ask of some state of it.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    hash: [u8; 20],
+    bid: Price,
+    ask: Price,
+}
+
+/// One market's part of a run: its changes at one timestamp and the state they end in.
+#[derive(Debug)]
+struct RunPart {
+    idx: u32,
+    ts: u64,
+    changes: Vec<Change>,
+    end: [Top; 2],
+    /// Per change and token, how many later changes the entry's state is ahead (0: none).
+    ahead: Vec<[u8; 2]>,
+    /// Changes that follow the run, one frame and one timestamp each, with their own state.
+    follow: Vec<(Change, u64, [Top; 2])>,
 }
 
 const TICKS: [u32; 3] = [10_000, 1_000, 100];
+
+/// Markets without a trade among those listed at start, when `ltp_empty_until_first_trade`.
+const UNTRADED_AT_START_PERMILLE: u64 = 50;
+
+/// Most changes an entry's hash may be ahead (the venue: 1–3).
+const AHEAD_MAX: u64 = 3;
 
 impl SimExchange {
     pub fn new(cfg: SimConfig) -> SimExchange {
@@ -123,12 +189,23 @@ impl SimExchange {
             next_gamma_id: 500_000,
             now_ms: cfg.start_ms,
             scratch: String::with_capacity(4096),
+            shape_rng: Rng::new(cfg.seed ^ 0x5EA1_54A9_E000_0001),
+            snap_rng: Rng::new(cfg.seed ^ 0x5EA1_54A9_E000_0002),
+            shape_counters: ShapeCounters::default(),
             cfg,
         };
         for _ in 0..ex.cfg.markets {
-            ex.add_market();
+            // Most markets that exist when the venue starts have traded.
+            let untraded = ex.cfg.real_shape.ltp_empty_until_first_trade
+                && ex.shape_rng.chance(UNTRADED_AT_START_PERMILLE);
+            ex.add_market(untraded);
         }
         ex
+    }
+
+    /// What the real-traffic quirks did so far.
+    pub fn shape_counters(&self) -> &ShapeCounters {
+        &self.shape_counters
     }
 
     pub fn config(&self) -> &SimConfig {
@@ -168,17 +245,44 @@ impl SimExchange {
 
     /// The opening frame for a subscription: one compact array of `book`s ending in `\n`,
     /// omitting unknown and resolved tokens (`[]\n` if none).
+    ///
+    /// With `stale_snapshot_permille`, now and then one of the books is stale at one level
+    /// (see `stale_copy`); its hash is of what it shows, as on the venue.
     pub fn opening_dump<'t>(&mut self, tokens: impl IntoIterator<Item = &'t str>) -> String {
         let mut out = String::from("[");
         let mut first = true;
+        let mut found: Vec<(u32, u8)> = Vec::new();
         for t in tokens {
             let Some((m, o)) = self.market_of_token(t) else { continue };
-            let market = &self.markets[m as usize];
-            if !market.is_active() {
-                continue;
+            if self.markets[m as usize].is_active() {
+                found.push((m, o));
             }
+        }
+        let permille = u64::from(self.cfg.real_shape.stale_snapshot_permille);
+        let mut stale_pos = None;
+        if permille > 0 && self.snap_rng.chance(permille) {
+            // A book with no level has nothing to be stale about.
+            let has_levels = |&&(m, o): &&(u32, u8)| {
+                let b = &self.markets[m as usize].books[usize::from(o)];
+                !(b.bids().is_empty() && b.asks().is_empty())
+            };
+            let n = found.iter().filter(has_levels).count() as u64;
+            if n > 0 {
+                let k = self.snap_rng.below(n) as usize;
+                stale_pos =
+                    found.iter().enumerate().filter(|(_, f)| has_levels(f)).nth(k).map(|(i, _)| i);
+            }
+        }
+        for (pos, &(m, o)) in found.iter().enumerate() {
+            let market = &self.markets[m as usize];
             let b = &market.books[usize::from(o)];
+            let stale =
+                if stale_pos == Some(pos) { stale_copy(b, &mut self.snap_rng) } else { None };
+            let b = stale.as_ref().unwrap_or(b);
             let Some(h) = book_hash(b, b.timestamp_ms(), &mut self.scratch) else { continue };
+            if stale.is_some() {
+                self.shape_counters.stale_snapshots += 1;
+            }
             if !first {
                 out.push(',');
             }
@@ -237,7 +341,8 @@ impl SimExchange {
         Some(self.active[i])
     }
 
-    fn add_market(&mut self) -> u32 {
+    /// Lists one market with a seeded book. `untraded`: no trade yet (`"last_trade_price":""`).
+    fn add_market(&mut self, untraded: bool) -> u32 {
         let idx = self.markets.len() as u32;
         let gamma_id = self.next_gamma_id;
         self.next_gamma_id += 1 + self.rng.below(3);
@@ -287,7 +392,11 @@ impl SimExchange {
                 set_pair(&mut books, Side::Sell, Price::from_units((ask * t) as u32), size);
             }
         }
-        let ltp = LtpText::from_price(Price::from_units((mid_ticks * t) as u32));
+        let ltp = if untraded {
+            LtpText::EMPTY
+        } else {
+            LtpText::from_price(Price::from_units((mid_ticks * t) as u32))
+        };
         for b in &mut books {
             b.set_timestamp(ts);
             b.set_hash_ltp(Some(ltp));
@@ -308,6 +417,7 @@ impl SimExchange {
             books,
             ltp,
             active_pos: self.active.len(),
+            last_ts: 0,
             tokens: tokens.clone(),
         };
         self.by_token.insert(tokens[0].clone(), (idx, 0));
@@ -323,9 +433,37 @@ impl SimExchange {
         Size::from_units(self.rng.range(100, 50_000) * 10_000)
     }
 
-    /// A new order or a cancel on one level: one `price_change` with an entry per token.
-    pub fn order(&mut self, idx: u32, out: &mut Vec<SimFrame>) {
+    /// The timestamp of the market's next event. With runs on it is later than the market's
+    /// previous one even within one millisecond: a run is recognised by its timestamp, so two
+    /// runs of a market sharing one would read as one run with the wrong hash.
+    fn ts_for(&mut self, idx: u32) -> u64 {
         let now = self.now_ms;
+        if !self.cfg.real_shape.runs() {
+            return now;
+        }
+        let m = &mut self.markets[idx as usize];
+        let ts = now.max(m.last_ts + 1);
+        m.last_ts = ts;
+        ts
+    }
+
+    /// A new order or a cancel on one level: one `price_change` with an entry per token (with
+    /// runs on: maybe a run, a cascade, hashes ahead; see [`RealShape`]).
+    pub fn order(&mut self, idx: u32, out: &mut Vec<SimFrame>) {
+        if self.cfg.real_shape.runs() {
+            return self.order_shaped(idx, out);
+        }
+        let now = self.now_ms;
+        let Some(c) = self.gen_order(idx) else { return };
+        for b in &mut self.markets[idx as usize].books {
+            b.set_timestamp(now);
+        }
+        let text = self.entries_frame(idx, &[(c.side, c.price)], c.first);
+        out.push(SimFrame::market(idx, text));
+    }
+
+    /// Picks one order or cancel and applies it to both books; None if nothing fits.
+    fn gen_order(&mut self, idx: u32) -> Option<Change> {
         let lot = self.lot();
         let side = if self.rng.chance(500) { Side::Buy } else { Side::Sell };
         let cancel = self.rng.chance(350);
@@ -369,7 +507,7 @@ impl SimExchange {
                 Side::Sell => price <= bid.units(),
             };
             if price == 0 || price >= SCALE as u32 || crosses {
-                return self.order_fallback(idx, side, lot, out);
+                return self.gen_order_fallback(idx, side, lot);
             }
             let old = b0
                 .levels(side)
@@ -379,16 +517,11 @@ impl SimExchange {
             (Price::from_units(price), Size::from_units(old + lot.units()))
         };
         set_pair(&mut m.books, side, price, size);
-        for b in &mut m.books {
-            b.set_timestamp(now);
-        }
-        let text = self.entries_frame(idx, &[(side, price)], first);
-        out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+        Some(Change { side, price, size, first })
     }
 
     /// When the chosen price would cross, rest the order one tick behind the top instead.
-    fn order_fallback(&mut self, idx: u32, side: Side, lot: Size, out: &mut Vec<SimFrame>) {
-        let now = self.now_ms;
+    fn gen_order_fallback(&mut self, idx: u32, side: Side, lot: Size) -> Option<Change> {
         let m = &mut self.markets[idx as usize];
         let t = m.tick().units();
         let b0 = &m.books[0];
@@ -396,16 +529,37 @@ impl SimExchange {
             Side::Buy => b0.best_bid().map(|l| l.price.units()),
             Side::Sell => b0.best_ask().map(|l| l.price.units()),
         };
-        let Some(price) = price.filter(|p| *p > t && *p + t < SCALE as u32) else { return };
-        let price = Price::from_units(price);
+        let price = Price::from_units(price.filter(|p| *p > t && *p + t < SCALE as u32)?);
         let old = b0.levels(side).iter().find(|l| l.price == price).map_or(Size::ZERO, |l| l.size);
         let size = Size::from_units(old.units() + lot.units());
         set_pair(&mut m.books, side, price, size);
-        for b in &mut m.books {
-            b.set_timestamp(now);
+        Some(Change { side, price, size, first: 0 })
+    }
+
+    /// A maker moves across the spread: a bid appears at the best ask's price before that ask
+    /// is cancelled (or the other way round), so between the two entries the book is crossed.
+    fn gen_requote(&mut self, idx: u32) -> Option<[Change; 2]> {
+        let lot = Size::from_units(self.shape_rng.range(100, 50_000) * 10_000);
+        let first = self.shape_rng.below(2) as usize;
+        let lift_ask = self.shape_rng.chance(500);
+        let max_levels = self.cfg.levels_per_side_max;
+        let m = &mut self.markets[idx as usize];
+        let b0 = &m.books[0];
+        let (from, to) = if lift_ask { (Side::Sell, Side::Buy) } else { (Side::Buy, Side::Sell) };
+        let top = match from {
+            Side::Sell => b0.best_ask()?,
+            Side::Buy => b0.best_bid()?,
+        };
+        // The side it leaves keeps a level and the side it joins has room.
+        if b0.levels(from).len() < 2 || b0.levels(to).len() >= max_levels {
+            return None;
         }
-        let text = self.entries_frame(idx, &[(side, price)], 0);
-        out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+        let add = Change { side: to, price: top.price, size: lot, first };
+        let cancel = Change { side: from, price: top.price, size: Size::ZERO, first };
+        for c in [add, cancel] {
+            set_pair(&mut m.books, c.side, c.price, c.size);
+        }
+        Some([add, cancel])
     }
 
     /// A `price_change` for changes given on token 0; each token's entries follow its mirror.
@@ -435,8 +589,189 @@ impl SimExchange {
                 });
             }
         }
+        self.shape_counters.entries += entries.len() as u64;
         let mut text = String::with_capacity(128 + entries.len() * 260);
         frames::price_change(&mut text, m.condition_id.as_str(), &entries, self.now_ms);
+        text
+    }
+
+    /// Hash and best bid/ask of both tokens' books now, at their timestamps.
+    fn tops(&mut self, idx: u32) -> [Top; 2] {
+        let m = &self.markets[idx as usize];
+        let scratch = &mut self.scratch;
+        let top = |b: &Book, scratch: &mut String| {
+            let (bid, ask) = frames::top_of_book(b);
+            Top { hash: book_hash(b, b.timestamp_ms(), scratch).unwrap_or([0; 20]), bid, ask }
+        };
+        [top(&m.books[0], scratch), top(&m.books[1], scratch)]
+    }
+
+    /// Order events with runs on: a run of one or more changes at one timestamp for `idx`
+    /// (every entry carrying the state after the run), maybe followed at the same timestamp by
+    /// runs of other markets (a cascade); an entry now and then carries a state up to three
+    /// changes later, and those changes follow, one frame each.
+    fn order_shaped(&mut self, idx: u32, out: &mut Vec<SimFrame>) {
+        let sh = self.cfg.real_shape;
+        let ts = self.ts_for(idx);
+        let mut part_markets = vec![idx];
+        let cascade_max = u64::from(sh.cascade_markets_max);
+        if sh.bursts && cascade_max > 1 && self.shape_rng.chance(u64::from(sh.cascade_permille)) {
+            let want = self.shape_rng.range(2, cascade_max) as usize;
+            for _ in 0..want * 4 {
+                if part_markets.len() >= want {
+                    break;
+                }
+                let i = self.shape_rng.below(self.active.len() as u64) as usize;
+                let Some(&m) = self.active.get(i) else { break };
+                // One timestamp for the whole cascade, so markets that already used it sit out.
+                if part_markets.contains(&m) || self.markets[m as usize].last_ts >= ts {
+                    continue;
+                }
+                self.markets[m as usize].last_ts = ts;
+                part_markets.push(m);
+            }
+        }
+        let mut parts = Vec::with_capacity(part_markets.len());
+        for (j, &m) in part_markets.iter().enumerate() {
+            // The first market's run is rare; the others are in a cascade, which is a run.
+            let len = if j > 0 {
+                1 + skewed(&mut self.shape_rng, u64::from(sh.run_len_max).saturating_sub(1))
+            } else if sh.bursts && self.shape_rng.chance(u64::from(sh.run_permille)) {
+                2 + skewed(&mut self.shape_rng, u64::from(sh.run_len_max).saturating_sub(2))
+            } else {
+                1
+            };
+            if let Some(part) = self.gen_part(m, ts, len) {
+                parts.push(part);
+            }
+        }
+        if parts.len() > 1 {
+            self.shape_counters.cascades += 1;
+        }
+        for part in &parts {
+            self.write_part(part, out);
+        }
+        for part in &parts {
+            for (c, ts, tops) in &part.follow {
+                let text = self.shaped_frame(part.idx, *ts, &[(*c, *tops, [0, 0])]);
+                out.push(SimFrame::market(part.idx, text));
+            }
+        }
+    }
+
+    /// Generates one market's part of a run (and the changes its hashes run ahead to).
+    fn gen_part(&mut self, idx: u32, ts: u64, len: u64) -> Option<RunPart> {
+        let sh = self.cfg.real_shape;
+        let mut changes = Vec::with_capacity(len as usize);
+        let requote_at = (len >= 2 && self.shape_rng.chance(u64::from(sh.crossed_permille)))
+            .then(|| self.shape_rng.below(len - 1));
+        let mut k = 0;
+        while k < len {
+            if requote_at == Some(k) {
+                if let Some(pair) = self.gen_requote(idx) {
+                    changes.extend(pair);
+                    self.shape_counters.crossed_runs += 1;
+                    k += 2;
+                    continue;
+                }
+            }
+            changes.extend(self.gen_order(idx));
+            k += 1;
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        for b in &mut self.markets[idx as usize].books {
+            b.set_timestamp(ts);
+        }
+        let end = self.tops(idx);
+        let ahead_pm = u64::from(sh.ahead_permille);
+        let mut ahead = vec![[0u8; 2]; changes.len()];
+        let mut ahead_max = 0;
+        if ahead_pm > 0 {
+            for a in ahead.iter_mut().flatten() {
+                if self.shape_rng.chance(ahead_pm) {
+                    *a = self.shape_rng.range(1, AHEAD_MAX) as u8;
+                    ahead_max = ahead_max.max(*a);
+                }
+            }
+        }
+        let mut follow = Vec::with_capacity(usize::from(ahead_max));
+        for _ in 0..ahead_max {
+            let ts = self.ts_for(idx);
+            let Some(c) = self.gen_order(idx) else { break };
+            for b in &mut self.markets[idx as usize].books {
+                b.set_timestamp(ts);
+            }
+            follow.push((c, ts, self.tops(idx)));
+        }
+        // An entry cannot be ahead of changes that did not happen.
+        let n = follow.len() as u8;
+        for a in ahead.iter_mut().flatten() {
+            *a = (*a).min(n);
+        }
+        if changes.len() >= 2 {
+            self.shape_counters.runs += 1;
+        }
+        Some(RunPart { idx, ts, changes, end, ahead, follow })
+    }
+
+    /// Writes a run part as one or more frames at its timestamp.
+    fn write_part(&mut self, part: &RunPart, out: &mut Vec<SimFrame>) {
+        let per_frame_max = u64::from(self.cfg.real_shape.frame_events_max.max(1));
+        let mut at = 0;
+        let mut frames_n = 0;
+        while at < part.changes.len() {
+            let left = (part.changes.len() - at) as u64;
+            let take = 1 + self.shape_rng.below(per_frame_max.min(left)) as usize;
+            let items: Vec<(Change, [Top; 2], [u8; 2])> = (at..at + take)
+                .map(|i| {
+                    let a = part.ahead[i];
+                    let pick = |o: usize| match a[o] {
+                        0 => part.end[o],
+                        k => part.follow[usize::from(k) - 1].2[o],
+                    };
+                    (part.changes[i], [pick(0), pick(1)], a)
+                })
+                .collect();
+            let text = self.shaped_frame(part.idx, part.ts, &items);
+            out.push(SimFrame::market(part.idx, text));
+            at += take;
+            frames_n += 1;
+        }
+        if frames_n > 1 {
+            self.shape_counters.multi_frame_runs += 1;
+        }
+    }
+
+    /// A `price_change` at `ts` whose entries carry the given states (per token) instead of
+    /// the book's current one.
+    fn shaped_frame(&mut self, idx: u32, ts: u64, items: &[(Change, [Top; 2], [u8; 2])]) -> String {
+        let m = &self.markets[idx as usize];
+        let mut entries = Vec::with_capacity(items.len() * 2);
+        for (c, tops, ahead) in items {
+            for k in 0..2 {
+                let o = (c.first + k) % 2;
+                let (side, price) =
+                    if o == 0 { (c.side, c.price) } else { mirror(c.side, c.price) };
+                let top = tops[o];
+                if ahead[o] > 0 {
+                    self.shape_counters.ahead_entries += 1;
+                }
+                entries.push(EntryOut {
+                    asset_id: m.tokens[o].as_str(),
+                    price,
+                    size: c.size,
+                    side,
+                    hash: top.hash,
+                    best_bid: top.bid,
+                    best_ask: top.ask,
+                });
+            }
+        }
+        self.shape_counters.entries += entries.len() as u64;
+        let mut text = String::with_capacity(128 + entries.len() * 260);
+        frames::price_change(&mut text, m.condition_id.as_str(), &entries, ts);
         text
     }
 
@@ -444,12 +779,11 @@ impl SimExchange {
     /// `last_trade_price` (the venue hashes the trade price before it announces it), then
     /// `best_bid_ask` per token for custom-feature connections.
     pub fn trade(&mut self, idx: u32, out: &mut Vec<SimFrame>) {
-        let now = self.now_ms;
         let taker_buys = self.rng.chance(500);
         let qty = self.lot();
         let report_on = self.rng.below(2) as usize;
         let tx = format!("0x{}", self.rng.hex(64));
-        let m = &mut self.markets[idx as usize];
+        let m = &self.markets[idx as usize];
         // Token 0's resting level that the taker hits.
         let maker_side = if taker_buys { Side::Sell } else { Side::Buy };
         let Some(level) = (match maker_side {
@@ -458,6 +792,8 @@ impl SimExchange {
         }) else {
             return self.order(idx, out);
         };
+        let now = self.ts_for(idx);
+        let m = &mut self.markets[idx as usize];
         let filled = Size::from_units(qty.units().min(level.size.units()));
         let left = Size::from_units(level.size.units() - filled.units());
         set_pair(&mut m.books, maker_side, level.price, left);
@@ -469,6 +805,8 @@ impl SimExchange {
                 level.price.complement().unwrap_or(Price::ZERO),
             )
         };
+        // One last trade price per market, both tokens hashing it as printed (real REST books:
+        // a YES token at 0.004 hashes "0.996", a trade printed on NO).
         m.ltp = LtpText::from_price(price_on_report);
         for b in &mut m.books {
             b.set_timestamp(now);
@@ -480,14 +818,23 @@ impl SimExchange {
             side: side_on_report,
             timestamp_ms: now,
         });
-        let text = self.entries_frame(idx, &[(maker_side, level.price)], report_on);
-        out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+        let text = if self.cfg.real_shape.runs() {
+            let c = Change { side: maker_side, price: level.price, size: left, first: report_on };
+            let tops = self.tops(idx);
+            self.shaped_frame(idx, now, &[(c, tops, [0, 0])])
+        } else {
+            self.entries_frame(idx, &[(maker_side, level.price)], report_on)
+        };
+        out.push(SimFrame::market(idx, text));
+        // Trade events are per token on the venue; a price_change is per market.
+        let per_token = self.cfg.real_shape.ltp_from_other_token;
+        let only = |o: usize| per_token.then_some(o as u8);
         let m = &self.markets[idx as usize];
-        for b in &m.books {
+        for (o, b) in m.books.iter().enumerate() {
             let h = book_hash(b, b.timestamp_ms(), &mut self.scratch).unwrap_or([0; 20]);
             let mut text = String::with_capacity(2048);
             frames::book_after_trade(&mut text, b, h);
-            out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+            out.push(SimFrame { token: only(o), ..SimFrame::market(idx, text) });
         }
         let mut text = String::with_capacity(400);
         frames::last_trade_price(
@@ -500,19 +847,18 @@ impl SimExchange {
             now,
             &tx,
         );
-        out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
-        for b in &m.books {
+        out.push(SimFrame { token: only(report_on), ..SimFrame::market(idx, text) });
+        for (o, b) in m.books.iter().enumerate() {
             let mut text = String::with_capacity(300);
             frames::best_bid_ask(&mut text, b, now);
-            out.push(SimFrame { market: idx, text, custom: true, broadcast: false });
+            out.push(SimFrame { custom: true, token: only(o), ..SimFrame::market(idx, text) });
         }
     }
 
     /// Near the edges (best price < 0.04 or > 0.96) a 0.01 tick becomes 0.001, on both
     /// tokens, one frame each. Returns false if the market is not near an edge.
     pub fn tick_size_change(&mut self, idx: u32, out: &mut Vec<SimFrame>) -> bool {
-        let now = self.now_ms;
-        let m = &mut self.markets[idx as usize];
+        let m = &self.markets[idx as usize];
         let old = m.tick();
         let (bid, ask) = frames::top_of_book(&m.books[0]);
         let near_edge = (bid.units() > 0 && bid.units() < 40_000)
@@ -520,35 +866,54 @@ impl SimExchange {
         if old.units() != TICKS[0] || !near_edge {
             return false;
         }
+        let now = self.ts_for(idx);
+        let m = &mut self.markets[idx as usize];
         let new = Price::from_units(TICKS[1]);
         for b in &mut m.books {
             b.set_tick_size(new);
             b.set_timestamp(now);
             let mut text = String::with_capacity(300);
             frames::tick_size_change(&mut text, b, old, new, now);
-            out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+            out.push(SimFrame::market(idx, text));
         }
         true
     }
 
     /// Settles a market: every level goes to zero (one `price_change` per level, as the
-    /// venue's burst does), then `market_resolved` for custom-feature connections.
+    /// venue's burst does; with bursts on, all at one timestamp carrying the final, empty
+    /// state), then `market_resolved` for custom-feature connections.
     pub fn resolve(&mut self, idx: u32, out: &mut Vec<SimFrame>) {
-        let now = self.now_ms;
         let winner = self.rng.below(2) as u8;
         let first = self.rng.below(2) as usize;
+        let now = self.ts_for(idx);
         let m = &self.markets[idx as usize];
         let mut levels: Vec<(Side, Price)> = Vec::new();
         levels.extend(m.books[0].bids().iter().map(|l| (Side::Buy, l.price)));
         levels.extend(m.books[0].asks().iter().map(|l| (Side::Sell, l.price)));
-        for (side, price) in levels {
+        if self.cfg.real_shape.bursts {
             let m = &mut self.markets[idx as usize];
-            set_pair(&mut m.books, side, price, Size::ZERO);
+            for &(side, price) in &levels {
+                set_pair(&mut m.books, side, price, Size::ZERO);
+            }
             for b in &mut m.books {
                 b.set_timestamp(now);
             }
-            let text = self.entries_frame(idx, &[(side, price)], first);
-            out.push(SimFrame { market: idx, text, custom: false, broadcast: false });
+            let tops = self.tops(idx);
+            for &(side, price) in &levels {
+                let c = Change { side, price, size: Size::ZERO, first };
+                let text = self.shaped_frame(idx, now, &[(c, tops, [0, 0])]);
+                out.push(SimFrame::market(idx, text));
+            }
+        } else {
+            for (side, price) in levels {
+                let m = &mut self.markets[idx as usize];
+                set_pair(&mut m.books, side, price, Size::ZERO);
+                for b in &mut m.books {
+                    b.set_timestamp(now);
+                }
+                let text = self.entries_frame(idx, &[(side, price)], first);
+                out.push(SimFrame::market(idx, text));
+            }
         }
         let m = &mut self.markets[idx as usize];
         m.state = MarketState::Resolved { winner, at_ms: now };
@@ -566,7 +931,7 @@ impl SimExchange {
             m.outcomes,
             now,
         );
-        out.push(SimFrame { market: idx, text, custom: true, broadcast: false });
+        out.push(SimFrame { custom: true, ..SimFrame::market(idx, text) });
         self.active.swap_remove(pos);
         if let Some(&moved) = self.active.get(pos) {
             self.markets[moved as usize].active_pos = pos;
@@ -575,7 +940,7 @@ impl SimExchange {
 
     /// Lists a new market (Gamma sees it at once) and announces it with `new_market`.
     pub fn create_market(&mut self, out: &mut Vec<SimFrame>) -> u32 {
-        let idx = self.add_market();
+        let idx = self.add_market(self.cfg.real_shape.ltp_empty_until_first_trade);
         let m = &self.markets[idx as usize];
         let id = m.gamma_id.to_string();
         let mut text = String::with_capacity(800);
@@ -592,9 +957,40 @@ impl SimExchange {
                 ts: self.now_ms,
             },
         );
-        out.push(SimFrame { market: idx, text, custom: true, broadcast: true });
+        out.push(SimFrame { custom: true, broadcast: true, ..SimFrame::market(idx, text) });
         idx
     }
+}
+
+/// Uniform in `0..=x` for `x` uniform in `0..max`: mostly short, now and then up to `max - 1`.
+fn skewed(rng: &mut Rng, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let x = rng.below(max);
+    rng.below(x + 1)
+}
+
+/// The book as a snapshot taken a moment too early shows it: the deepest level of its longer
+/// side missing, at an older size, or a level just below it not yet removed. Deep levels are
+/// the ones later orders are least likely to touch, so the stream leaves the error in place.
+fn stale_copy(b: &Book, rng: &mut Rng) -> Option<Book> {
+    let side = if b.bids().len() >= b.asks().len() { Side::Buy } else { Side::Sell };
+    let levels = b.levels(side);
+    let worst = *levels.first()?;
+    let tick = b.tick_size()?.units();
+    let lot = Size::from_units(rng.range(100, 50_000) * 10_000);
+    let mut s = b.clone();
+    let beyond = match side {
+        Side::Buy => worst.price.units().checked_sub(tick).filter(|p| *p > 0),
+        Side::Sell => Some(worst.price.units() + tick).filter(|p| *p < SCALE as u32),
+    };
+    match (rng.below(3), beyond) {
+        (0, _) if levels.len() >= 2 => s.set_level(side, worst.price, Size::ZERO),
+        (1, Some(p)) => s.set_level(side, Price::from_units(p), lot),
+        _ => s.set_level(side, worst.price, Size::from_units(worst.size.units() + lot.units())),
+    };
+    Some(s)
 }
 
 /// The same order seen from the other outcome token: opposite side at 1 - p.

@@ -41,7 +41,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use polybook::sim::{SimConfig, SimExchange};
+use polybook::sim::{RealShape, SimConfig, SimExchange};
 
 pub use crate::net::TlsIdentity;
 use crate::net::{NetError, Server, ServerConfig, Shutdown};
@@ -82,6 +82,9 @@ pub struct SimServerConfig {
     /// Serve https and wss with this certificate (e.g. [`TlsIdentity::self_signed_localhost`]);
     /// None: plain http and ws.
     pub tls: Option<TlsIdentity>,
+    /// The real venue's traffic quirks (same-timestamp runs, hashes ahead, stale snapshots,
+    /// ...); [`RealShape::off`] for plain traffic.
+    pub real_shape: RealShape,
 }
 
 impl Default for SimServerConfig {
@@ -100,6 +103,7 @@ impl Default for SimServerConfig {
             server: ServerConfig::default(),
             cpu: None,
             tls: None,
+            real_shape: RealShape::default(),
         }
     }
 }
@@ -140,6 +144,7 @@ impl SimServer {
             seed: cfg.seed,
             markets: cfg.markets,
             start_ms: cfg.start_ms.unwrap_or_else(wall_ms),
+            real_shape: cfg.real_shape,
             ..SimConfig::default()
         });
         let limits = state::Limits {

@@ -348,12 +348,14 @@ impl State {
     }
 
     /// Queues a frame for every connection it concerns. The whole frame goes out even if the
-    /// connection subscribed only one of the market's tokens, as on the venue.
+    /// connection subscribed only one of the market's tokens, as on the venue; a frame of one
+    /// token (trade events) only to that token's subscribers.
     fn dispatch(&mut self, frame: SimFrame, now: Instant) {
         self.counters.frames_generated += 1;
-        let State { conns, routes, counters, limits, .. } = self;
+        let State { conns, routes, counters, limits, ex, .. } = self;
         // Shared by every queue it lands in: one allocation, reference-counted.
         let text = Utf8Bytes::from(frame.text);
+        let only = frame.token.and_then(|o| ex.market(frame.market)?.tokens.get(usize::from(o)));
         if frame.broadcast {
             for conn in conns.values_mut().filter(|c| c.custom) {
                 push_data(conn, &text, now, limits.queue_frames_max, counters);
@@ -363,7 +365,8 @@ impl State {
         let Some(subs) = routes.get(frame.market as usize) else { return };
         for (id, _) in subs {
             let Some(conn) = conns.get_mut(id) else { continue };
-            if frame.custom && !conn.custom {
+            if (frame.custom && !conn.custom) || only.is_some_and(|t| !conn.tokens.contains_key(t))
+            {
                 continue;
             }
             push_data(conn, &text, now, limits.queue_frames_max, counters);

@@ -104,6 +104,8 @@ pub fn engine_config_with(
     c.validate().unwrap_or_else(|e| panic!("config: {e}"))
 }
 
+/// A simulator with the real venue's traffic shape (same-timestamp runs, hashes ahead, stale
+/// opening books...): the engine must keep every book exact on it, as on the venue.
 pub fn sim(seed: u64, markets: usize, rate: f64) -> SimServerHandle {
     spawn_sim_server(SimServerConfig { seed, markets, rate, ..SimServerConfig::default() })
         .unwrap_or_else(|e| panic!("sim: {e}"))
