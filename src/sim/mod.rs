@@ -9,8 +9,8 @@ pub mod frames;
 pub mod gamma;
 pub mod model;
 pub mod rng;
-pub mod truth;
 pub mod shape;
+pub mod truth;
 
 pub use capture::{capture_lines, capture_lines_yes_only};
 pub use model::{EventKind, SimConfig, SimExchange, SimFrame, SimMarket};
