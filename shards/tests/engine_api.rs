@@ -245,6 +245,11 @@ fn cross_origin_and_rebinding_requests_are_refused() {
         let r = http(api, "GET", "/stats", &[("Host", host)], "");
         assert_eq!(r.status, 403, "Host {host}: {r:?}");
     }
+    // Probes by the pod's address still answer (read-only, nothing to rebind for).
+    for path in ["/health", "/ready"] {
+        let r = http(api, "GET", path, &[("Host", "10.1.2.3:8080")], "");
+        assert!(matches!(r.status, 200 | 503), "{path} with a pod-IP Host: {r:?}");
+    }
     let r = raw(api, "GET /stats HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 400, "no Host: {r:?}");
     let twice = format!(

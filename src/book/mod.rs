@@ -303,11 +303,20 @@ impl Book {
         if !ok_a {
             repair(&mut self.asks, Side::Sell);
         }
+        self.debug_check_invariants();
         if ok_b && ok_a {
             Ok(())
         } else {
             Err(UnsortedSnapshot)
         }
+    }
+
+    /// Programmer errors, not input errors: whatever arrives, a book's ladders stay strictly
+    /// ordered in wire order with no zero size. Checked after every change in debug builds
+    /// (every test); free in release.
+    fn debug_check_invariants(&self) {
+        debug_assert!(is_wire_sorted(&self.bids, Side::Buy), "bids out of order: {}", self.token);
+        debug_assert!(is_wire_sorted(&self.asks, Side::Sell), "asks out of order: {}", self.token);
     }
 
     /// Sets the aggregate size at `price` on `side`; zero removes the level. Returns the old size.
@@ -319,7 +328,7 @@ impl Book {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
         };
-        match find(ladder, side, price) {
+        let old = match find(ladder, side, price) {
             Ok(i) => {
                 let old = ladder[i].size;
                 if size.is_zero() {
@@ -335,7 +344,9 @@ impl Book {
                 }
                 Size::ZERO
             }
-        }
+        };
+        self.debug_check_invariants();
+        old
     }
 
     pub fn set_timestamp(&mut self, timestamp_ms: u64) {
