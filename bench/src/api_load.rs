@@ -20,9 +20,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use glommio::{LocalExecutorBuilder, Placement};
 use serde_json::{json, Value};
 
 use super::{
@@ -38,6 +40,9 @@ const API_LOAD_CLIENTS: usize = 4;
 const API_LOAD_VERIFY: usize = 500;
 /// Longest wait for a quiet machine before each step.
 const API_LOAD_QUIET_WAIT: Duration = Duration::from_secs(3);
+/// The feed alone before the loaded window: a ramp, then the baseline measurement.
+const API_LOAD_RAMP: Duration = Duration::from_secs(1);
+const API_LOAD_BASELINE: Duration = Duration::from_secs(3);
 /// Longest measurement window of a step.
 const API_LOAD_WINDOW_MAX: Duration = Duration::from_secs(10);
 
@@ -48,20 +53,22 @@ enum Target {
     Quiet,
     /// One fixed path.
     Path(&'static str),
-    /// `/health`, `/ready`, `/stats`, `/metrics`, `/markets?limit=100` in turn.
+    /// `/health`, `/ready`, `/stats`, `/metrics` in turn.
     Mix,
     /// `/books/{token}?depth=10` for random tokens.
     Books,
 }
 
-const MIX: [&str; 5] = ["/health", "/ready", "/stats", "/metrics", "/markets?limit=100"];
+/// `/markets` is not in the mix: it costs the control shard ~2 ms a request (it filters and
+/// sorts the whole registry), which would cap the mix far below its rate.
+const MIX: [&str; 4] = ["/health", "/ready", "/stats", "/metrics"];
 
 impl Target {
     fn label(self) -> String {
         match self {
             Target::Quiet => "none".into(),
             Target::Path(p) => p.into(),
-            Target::Mix => "mix of 5".into(),
+            Target::Mix => "health/ready/stats/metrics".into(),
             Target::Books => "/books/{token}?depth=10".into(),
         }
     }
@@ -80,7 +87,6 @@ fn steps() -> Vec<(Target, f64)> {
         (Target::Mix, 5_000.0),
         (Target::Books, 1_000.0),
         (Target::Books, 5_000.0),
-        (Target::Quiet, 0.0),
     ]
 }
 
@@ -176,7 +182,14 @@ fn thread_ns(prefix: &str) -> u64 {
 }
 
 /// One step: a fresh simulator and engine; `target` at `rate` requests/s during the window.
-fn step(h: &Http, markets: usize, target: Target, rate: f64, plan: &Plan) -> Result<Value> {
+fn step(
+    h: &Http,
+    markets: usize,
+    target: Target,
+    rate: f64,
+    client_cpu: Option<usize>,
+    plan: &Plan,
+) -> Result<Value> {
     let p = placing(1, plan.sim_cpu);
     let sim = start_sim(markets, API_RATE, p.sim)?;
     let base = sim.http_url();
@@ -190,33 +203,42 @@ fn step(h: &Http, markets: usize, target: Target, rate: f64, plan: &Plan) -> Res
         let live_secs = t_live.elapsed().as_secs_f64();
         let tokens: Vec<String> = markets_tokens(h, &base)?.into_iter().flatten().collect();
         let quiet = wait_quiet(API_LOAD_QUIET_WAIT.min(plan.quiet_wait));
-        let stop = AtomicBool::new(false);
+        let stop = Arc::new(AtomicBool::new(false));
         let clients = if target == Target::Quiet { 0 } else { API_LOAD_CLIENTS };
+        let tokens = Arc::new(tokens);
+        // The feed alone first, on this engine: what it costs the shards per second.
+        h.post(&format!("{base}/sim/resume"))?;
+        std::thread::sleep(API_LOAD_RAMP);
+        let (db0, cb0, tb0) = (thread_ns("data-0"), thread_ns("control"), Instant::now());
+        std::thread::sleep(API_LOAD_BASELINE);
+        let (db1, cb1) = (thread_ns("data-0"), thread_ns("control"));
+        let base_secs = tb0.elapsed().as_secs_f64();
         let s0 = h.get_ok(&format!("{api}/stats"))?;
         let cpu0 = super::cpu_snapshot();
         let (d0, c0) = (thread_ns("data-0"), thread_ns("control"));
         let t0 = Instant::now();
-        h.post(&format!("{base}/sim/resume"))?;
-        let loads: Vec<Load> = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..clients)
-                .map(|i| {
-                    let (api, tokens, stop) = (api.as_str(), tokens.as_slice(), &stop);
-                    let per = rate / clients as f64;
-                    let seed = 0x9E37_79B9_7F4A_7C15 ^ (i as u64 * 250 + 1);
-                    std::thread::Builder::new()
-                        .name(format!("api-load-{i}"))
-                        .spawn_scoped(sc, move || client(api, target, tokens, per, seed, stop))
-                })
-                .collect();
-            std::thread::sleep(window);
-            stop.store(true, Ordering::Relaxed);
-            handles
-                .into_iter()
-                .map(|j| j.ok().and_then(|j| j.join().ok()).unwrap_or_default())
-                .collect()
-        });
+        let mut handles = Vec::new();
+        for i in 0..clients {
+            let (api, tokens, stop) = (api.clone(), Arc::clone(&tokens), Arc::clone(&stop));
+            let per = rate / clients as f64;
+            let seed = 0x9E37_79B9_7F4A_7C15 ^ (i as u64 * 250 + 1);
+            // Pinned with the simulator and the control shard, off the data shard's CPU.
+            let placement = match client_cpu {
+                Some(c) => Placement::Fixed(c),
+                None => Placement::Unbound,
+            };
+            handles.push(
+                LocalExecutorBuilder::new(placement)
+                    .name(&format!("api-load-{i}"))
+                    .spawn(move || async move { client(&api, target, &tokens, per, seed, &stop) })
+                    .map_err(|e| anyhow!("client executor: {e}"))?,
+            );
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
         let (d1, c1) = (thread_ns("data-0"), thread_ns("control"));
         let secs = t0.elapsed().as_secs_f64();
+        let loads: Vec<Load> = handles.into_iter().map(|j| j.join().unwrap_or_default()).collect();
         let s1 = h.get_ok(&format!("{api}/stats"))?;
         let cpu = cpu_delta(&cpu0, &super::cpu_snapshot());
         warn_foreign(&cpu, secs);
@@ -260,8 +282,12 @@ fn step(h: &Http, markets: usize, target: Target, rate: f64, plan: &Plan) -> Res
                 "max": shard_max(&s1["shards"], "apply_ns_max"),
                 "note": "cumulative since engine start (includes the opening dumps)",
             },
+            "clients_cpu": client_cpu,
+            "baseline_secs": base_secs,
             "data_shard_cpu_ns": d1.saturating_sub(d0),
             "control_shard_cpu_ns": c1.saturating_sub(c0),
+            "data_shard_baseline_ns_per_s": db1.saturating_sub(db0) as f64 / base_secs,
+            "control_shard_baseline_ns_per_s": cb1.saturating_sub(cb0) as f64 / base_secs,
             "cpu_ms": cpu_ms_json(&cpu),
             "unsettled": unsettled,
             "verify": verify_json(&v),
@@ -272,26 +298,21 @@ fn step(h: &Http, markets: usize, target: Target, rate: f64, plan: &Plan) -> Res
     result
 }
 
-/// Adds the per-request CPU estimates to `s`, against the quiet step `q`.
-fn per_request(s: &mut Value, q: &Value) {
-    let per_frame = |v: &Value, key: &str| f(&v[key]) / f(&v["frames"]).max(1.0);
+/// Adds the per-request CPU estimates to `s`: the shard's CPU over the loaded window minus
+/// what the feed alone cost it per second (the step's own baseline) times the window, per
+/// request. On a quiet step (no requests) the same difference, per second, is the noise.
+fn per_request(s: &mut Value) {
     let n = f(&s["requests"]);
-    for (key, out) in [
-        ("data_shard_cpu_ns", "data_shard_cpu_ns_per_request"),
-        ("control_shard_cpu_ns", "control_shard_cpu_ns_per_request"),
-    ] {
-        let feed = per_frame(q, key) * f(&s["frames"]);
-        let extra = f(&s[key]) - feed;
-        s[format!("{key}_feed_estimate")] = json!(feed);
-        s[out] = if n > 0.0 { json!(extra / n) } else { json!(null) };
-    }
-    s["data_shard_busy"] = json!(f(&s["data_shard_cpu_ns"]) / 1e9 / f(&s["window_secs"]).max(1e-9));
-    s["control_shard_busy"] =
-        json!(f(&s["control_shard_cpu_ns"]) / 1e9 / f(&s["window_secs"]).max(1e-9));
-    // Quiet steps: the extra data-shard CPU over the window vs the first quiet step (noise).
-    if n == 0.0 {
-        let feed = per_frame(q, "data_shard_cpu_ns") * f(&s["frames"]);
-        s["data_shard_cpu_ns_vs_quiet"] = json!(f(&s["data_shard_cpu_ns"]) - feed);
+    let secs = f(&s["window_secs"]).max(1e-9);
+    for shard in ["data_shard", "control_shard"] {
+        let extra =
+            f(&s[format!("{shard}_cpu_ns")]) - f(&s[format!("{shard}_baseline_ns_per_s")]) * secs;
+        s[format!("{shard}_extra_ns_per_s")] = json!(extra / secs);
+        s[format!("{shard}_cpu_ns_per_request")] =
+            if n > 0.0 { json!(extra / n) } else { json!(null) };
+        s[format!("{shard}_busy")] = json!(f(&s[format!("{shard}_cpu_ns")]) / 1e9 / secs);
+        s[format!("{shard}_baseline_busy")] =
+            json!(f(&s[format!("{shard}_baseline_ns_per_s")]) / 1e9);
     }
 }
 
@@ -301,7 +322,7 @@ fn print(s: &Value) {
         None => "-".into(),
     };
     println!(
-        "api-health markets {} {:>24} @ {:>5}/s: {:>6} req/s (late {}), HTTP p50/p99 {}/{} us, non-200 {} errors {} | engine {} frames/s, apply p50/p99/p99.9 {}/{}/{} us | data shard busy {} ({} us/req), control busy {} ({} us/req) | verified {} mismatches {} | other processes {}",
+        "api-health markets {} {:>24} @ {:>5}/s: {:>6} req/s (late {}), HTTP p50/p99 {}/{} us, non-200 {} errors {} | engine {} frames/s, apply p50/p99/p99.9 {}/{}/{} us | data shard busy {} -> {} ({} us/req), control busy {} -> {} ({} us/req) | verified {} mismatches {} | other processes {}",
         u(&s["markets"]),
         s["endpoint"].as_str().unwrap_or("?"),
         f(&s["requests_per_s_target"]),
@@ -315,8 +336,10 @@ fn print(s: &Value) {
         us(&s["apply_ns"]["p50"]),
         us(&s["apply_ns"]["p99"]),
         us(&s["apply_ns"]["p999"]),
+        pct(f(&s["data_shard_baseline_busy"])),
         pct(f(&s["data_shard_busy"])),
         per("data_shard_cpu_ns_per_request"),
+        pct(f(&s["control_shard_baseline_busy"])),
         pct(f(&s["control_shard_busy"])),
         per("control_shard_cpu_ns_per_request"),
         u(&s["verify"]["compared"]),
@@ -327,26 +350,21 @@ fn print(s: &Value) {
 
 /// The api-health phase for each of `markets`.
 pub(super) fn run(h: &Http, markets: &[usize], plan: &Plan) -> Result<Vec<Value>> {
+    // The clients share the control shard's CPU (and the simulator's), not the data shard's.
+    let client_cpu = (cpus() >= 2).then(|| placing(1, plan.sim_cpu).control);
     println!(
-        "api-health: {} client threads (unpinned) on a {}-CPU machine shared with the simulator and the engine",
+        "api-health: {} client threads on CPU {:?} (the control shard's and simulator's) of {}",
         API_LOAD_CLIENTS,
+        client_cpu,
         cpus()
     );
     let mut out = Vec::new();
     for &m in markets {
-        let mut quiet: Option<Value> = None;
         for (target, rate) in steps() {
-            let mut s = step(h, m, target, rate, plan).map_err(|e| {
+            let mut s = step(h, m, target, rate, client_cpu, plan).map_err(|e| {
                 anyhow!("api-health step {m} markets, {target:?} at {rate}/s: {e:#}")
             })?;
-            match &quiet {
-                None => {
-                    let q = s.clone();
-                    per_request(&mut s, &q);
-                    quiet = Some(s.clone());
-                }
-                Some(q) => per_request(&mut s, q),
-            }
+            per_request(&mut s);
             print(&s);
             out.push(s);
         }
