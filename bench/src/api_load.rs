@@ -4,19 +4,20 @@
 //! answer from control's copy and never ask the data shards).
 //!
 //! For each market count, a series of steps, each with a fresh simulator and engine (1 data
-//! shard, simulator at `API_RATE`), so each step's cumulative apply histogram is its own:
-//! a quiet step (no clients), then steps where `API_LOAD_CLIENTS` client threads (one
-//! keep-alive connection each, not pinned) request one endpoint (or a rotation of them) at a
-//! paced total rate, then a second quiet step (its difference from the first is the noise
-//! floor of the per-request estimates). Each step reports requests/s achieved, HTTP p50/p99,
-//! the engine's apply p50/p99/p99.9, and the data shard's and control shard's CPU time over
-//! the window from `/proc/self/task/<tid>/schedstat` (ns resolution, the thread's own run time).
+//! shard, simulator at `API_RATE`), so each step's cumulative apply histogram is its own. In
+//! each step, once every book is live, the feed runs alone (`API_LOAD_RAMP`, then
+//! `API_LOAD_BASELINE` to measure what the feed alone costs the shards per second); then
+//! `API_LOAD_CLIENTS` client threads (one pinned glommio executor each, on the control
+//! shard's and simulator's CPU, so they stay off the data shard's) request one endpoint (or a
+//! rotation of them) at a paced total rate for the window. The first step has no clients: its
+//! "extra" CPU is the noise floor. Each step reports requests/s achieved, HTTP p50/p99, the
+//! engine's apply p50/p99/p99.9, and the data and control shards' CPU time, from
+//! `/proc/self/task/<tid>/schedstat` (ns resolution, the thread's own run time).
 //!
-//! **Data-shard CPU per request** = (data-shard CPU in the step − what the feed alone costs)
-//! / requests, where the feed's cost is the first quiet step's data-shard CPU per applied
-//! frame times the frames applied in this step (the feed's rate is fixed, so this is close to
-//! the quiet step's CPU scaled by window length, but it also absorbs small differences in
-//! what the simulator sent).
+//! **Data-shard CPU per request** = (data-shard CPU in the window − baseline per second ×
+//! window) / requests. Comparing separate steps (separate engines, minutes apart) was too
+//! noisy on a shared machine; the in-step baseline removes the differences between engines
+//! but not those between seconds.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
