@@ -26,6 +26,12 @@
 //!    (threads) asking for `/books/{token}?depth=10` and 4 WebSocket clients on `/ws` (50 tokens
 //!    each). Reports HTTP queries/s and latency, WS messages/s, and the engine's frames/s and
 //!    apply latency in both steps.
+//! 5. **api-health** (`--full` or `--only api-health`): the cheap endpoints
+//!    (`/health`, `/ready`, `/stats`, `/metrics`, `/markets?limit=100`, and `/books/{token}`
+//!    apart) from 4 paced client threads at 1,000 and 5,000 requests/s total while the feed
+//!    runs, 2,000 and 5,000 markets (`--api-markets`), one fresh engine per step (`bench/src/api_load.rs`). Reports
+//!    requests/s, HTTP p50/p99, apply p50/p99/p99.9 and the data shard's CPU per request
+//!    (its run time in the step minus what the feed costs it in a quiet step, per request).
 //!
 //! `--soak MINUTES` (only that, never part of `--quick`/`--full`): the same steady rate with the
 //! simulator's random faults on; RSS and books by status printed every minute; at the end the
@@ -52,6 +58,10 @@ use polybook_shards::sim_server::{
     spawn_sim_server, RandomFaults, SimServerConfig, SimServerHandle,
 };
 use serde_json::{json, Value};
+
+// A module of this binary (not of the lib): it uses the harness's helpers above and below.
+#[path = "../api_load.rs"]
+mod api_load;
 
 /// A simulator rate this high means "as fast as the simulator's core can generate".
 const RATE_MAX: f64 = 100_000_000.0;
@@ -88,6 +98,8 @@ struct Plan {
     client_read_buffer: Option<usize>,
     /// `--soak MINUTES`: run only the soak (steady rate, random faults) for this long.
     soak_minutes: Option<f64>,
+    /// Market counts of the api-health phase.
+    api_markets: Vec<usize>,
     out: String,
 }
 
@@ -107,6 +119,7 @@ impl Plan {
             sim_cpu: None,
             client_read_buffer: None,
             soak_minutes: None,
+            api_markets: vec![2_000, 5_000],
             out: default_out(),
         }
     }
@@ -114,7 +127,13 @@ impl Plan {
     fn full() -> Plan {
         Plan {
             mode: "full",
-            phases: vec!["wire".into(), "engine".into(), "scale".into(), "api".into()],
+            phases: vec![
+                "wire".into(),
+                "engine".into(),
+                "scale".into(),
+                "api".into(),
+                "api-health".into(),
+            ],
             markets: vec![10_000, 50_000],
             rates: vec![10_000.0, 50_000.0, 80_000.0, RATE_MAX],
             shards: vec![1, 2],
@@ -126,6 +145,7 @@ impl Plan {
             sim_cpu: None,
             client_read_buffer: None,
             soak_minutes: None,
+            api_markets: vec![2_000, 5_000],
             out: default_out(),
         }
     }
@@ -136,9 +156,9 @@ fn default_out() -> String {
 }
 
 const USAGE: &str =
-    "usage: polybook-e2e-bench [--quick|--full] [--only wire,engine,scale,api] [--soak MINUTES] \
+    "usage: polybook-e2e-bench [--quick|--full] [--only wire,engine,scale,api,api-health] [--soak MINUTES] \
 [--markets N,N] [--rates R,R|max] [--shards 1,2] [--window SECS] [--quiet-wait SECS] [--verify N] \
-[--scale-markets N] [--sim-cpu N|none] [--client-read-buffer-kib N] [--out FILE]";
+[--scale-markets N] [--api-markets N,N] [--sim-cpu N|none] [--client-read-buffer-kib N] [--out FILE]";
 
 fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>> {
     v.split(',')
@@ -177,6 +197,7 @@ fn parse_args() -> Result<Plan> {
             }
             "--verify" => plan.verify_max = list(&val()?, "--verify")?[0],
             "--scale-markets" => plan.scale_markets = list(&val()?, "--scale-markets")?[0],
+            "--api-markets" => plan.api_markets = list(&val()?, "--api-markets")?,
             "--out" => plan.out = val()?,
             "--soak" => {
                 let m = list::<f64>(&val()?, "--soak")?[0];
@@ -203,7 +224,7 @@ fn parse_args() -> Result<Plan> {
         }
     }
     for p in &plan.phases {
-        if !["wire", "engine", "scale", "api"].contains(&p.as_str()) {
+        if !["wire", "engine", "scale", "api", "api-health"].contains(&p.as_str()) {
             bail!("unknown phase {p:?}\n{USAGE}");
         }
     }
@@ -1822,8 +1843,14 @@ fn main() -> Result<()> {
         }
     }
 
+    let mut health_steps = Vec::new();
+    if has("api-health") {
+        health_steps = api_load::run(&h, &plan.api_markets, &plan)?;
+    }
+
     let mismatches: u64 = steps.iter().map(|s| u(&s["verify"]["mismatches"])).sum::<u64>()
         + api_steps.iter().map(|s| u(&s["verify"]["mismatches"])).sum::<u64>()
+        + health_steps.iter().map(|s| u(&s["verify"]["mismatches"])).sum::<u64>()
         + u(&scale_out["verify"]["mismatches"]);
     let out = json!({
         "mode": plan.mode,
@@ -1834,6 +1861,7 @@ fn main() -> Result<()> {
         "engine": steps,
         "scale": scale_out,
         "api": api_steps,
+        "api_health": health_steps,
         "mismatches_total": mismatches,
         "total_secs": started.elapsed().as_secs_f64(),
     });
