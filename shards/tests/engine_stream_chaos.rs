@@ -149,7 +149,10 @@ fn stream_clients_hold_the_engines_books_after_venue_faults() {
     })
     .unwrap();
     assert_eq!(post(&format!("{}/sim/faults/random/off", sim.http_url()), ""), 200);
-    let engine = engine::start(&engine_config(&sim, 40)).unwrap();
+    // The paused venue must not turn books stale while the clients' books are compared with
+    // the engine's one by one (the status would move between the two reads).
+    let cfg = engine_config_with(&sim, 40, |c| c.integrity.stale_after_ms = 600_000);
+    let engine = engine::start(&cfg).unwrap();
     let api = engine.api_addr().to_string();
     wait_for("all books live", Duration::from_secs(90), || all_books_settled(&engine, 240));
     // Every market is streamed, half by market id and half by token id: resolutions, closes
