@@ -712,10 +712,12 @@ fn slow_consumer_and_idle_close() {
             }
         });
 
-        // One step call queues far more than 50 frames before the writer can run.
+        // One step call queues far more than 50 frames before the writer can run. Not many
+        // more: the step blocks the executor, and one that outlasts `idle_close_ms` on a busy
+        // machine lets the idle close win the race against the 1013.
         let slow = Client::connect(&url).await;
         slow.open(&refs(&tokens_of(&ms)), false).await;
-        step(&base, 2_000, T0 + 1_000).await;
+        step(&base, 400, T0 + 1_000).await;
         slow.wait("1013", |s| s.ended.is_some()).await;
         assert_eq!(slow.ended(), Some(Ending::Close(1013, SLOW_CONSUMER_REASON.into())));
 

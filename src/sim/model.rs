@@ -6,7 +6,7 @@ use super::frames::{self, EntryOut, NewMarketOut};
 use super::rng::Rng;
 use super::shape::{RealShape, ShapeCounters};
 use super::truth::{ltp_text, text_of, units_of, TruthBook, TruthTrade};
-use crate::book::hash::{book_hash, to_hex};
+use crate::book::hash::{write_hash_input, HashInputs};
 use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
 use crate::decimal::{Price, Size, SCALE};
 use crate::ids::{MarketId, TokenId};
@@ -275,15 +275,15 @@ impl SimExchange {
     }
 
     /// Where the generator's `Book`s and the independent truth of market `idx` differ (levels,
-    /// tick, parameters, timestamps, last trades, status, hash), or None if they agree.
-    pub fn disagreement(&mut self, idx: u32) -> Option<String> {
+    /// tick, parameters, timestamps, last trades, status; with `hash_text`, also the texts
+    /// `book_hash` and `TruthBook::hash_hex` hash), or None if they agree.
+    pub fn disagreement(&mut self, idx: u32, hash_text: bool) -> Option<String> {
         let m = self.markets.get(idx as usize)?;
         for (o, (b, t)) in m.books.iter().zip(&m.truth).enumerate() {
-            let wire = |levels: &[Level]| -> Vec<(u64, u64)> {
-                levels.iter().map(|l| (u64::from(l.price.units()), l.size.units())).collect()
-            };
-            let truth_bids: Vec<(u64, u64)> = t.bids.iter().map(|(p, z)| (*p, *z)).collect();
-            let truth_asks: Vec<(u64, u64)> = t.asks.iter().rev().map(|(p, z)| (*p, *z)).collect();
+            let units = |l: &Level| (u64::from(l.price.units()), l.size.units());
+            let bids_agree = b.bids().iter().map(units).eq(t.bids.iter().map(|(p, z)| (*p, *z)));
+            let asks_agree =
+                b.asks().iter().map(units).eq(t.asks.iter().rev().map(|(p, z)| (*p, *z)));
             let meta = b.meta();
             let trade = b.last_trade().map(|l| TruthTrade {
                 price: u64::from(l.price.units()),
@@ -291,8 +291,8 @@ impl SimExchange {
                 buy: l.side == Side::Buy,
             });
             let checks: [(&str, bool); 10] = [
-                ("bids", wire(b.bids()) == truth_bids),
-                ("asks", wire(b.asks()) == truth_asks),
+                ("bids", bids_agree),
+                ("asks", asks_agree),
                 (
                     "tick_size",
                     meta.tick_size.map(|p| u64::from(p.units())) == units_of(&t.tick_size),
@@ -317,12 +317,31 @@ impl SimExchange {
                     "market {idx} token {o}: {what} differs: book {b:?} truth {t:?}"
                 ));
             }
-            let ours = book_hash(b, b.timestamp_ms(), &mut self.scratch).map(|h| to_hex(&h));
-            let want = t.hash_hex(t.timestamp_ms);
-            if ours.as_deref() != Some(&*want) {
+            if !hash_text {
+                continue;
+            }
+            // The texts the two hash: SHA-1 of equal texts is equal, and cheaper to compare.
+            let inputs = b
+                .hash_ltp()
+                .and_then(|ltp| Some((ltp, meta.min_order_size?, meta.tick_size?, meta.neg_risk?)));
+            let Some((ltp, min_order_size, tick_size, neg_risk)) = inputs else {
+                return Some(format!("market {idx} token {o}: a hash input is unknown: {b:?}"));
+            };
+            let inp = HashInputs {
+                market: b.market().as_str(),
+                asset_id: b.token().as_str(),
+                timestamp_ms: b.timestamp_ms(),
+                min_order_size,
+                tick_size,
+                neg_risk,
+                last_trade_price: ltp.as_str(),
+            };
+            write_hash_input(&mut self.scratch, &inp, b.bids(), b.asks());
+            let want = t.hash_text(t.timestamp_ms);
+            if self.scratch != want {
                 return Some(format!(
-                    "market {idx} token {o}: hash differs: book_hash {ours:?} truth {want}: {}",
-                    t.hash_text(t.timestamp_ms)
+                    "market {idx} token {o}: hash text differs:\n book  {}\n truth {want}",
+                    self.scratch
                 ));
             }
         }
@@ -396,13 +415,16 @@ impl SimExchange {
         let first = out.len();
         let kind = self.step_event(now_ms, out);
         // Every market an event touches writes a frame; the generator's books and the truth
-        // must still agree there (a disagreement is a bug in `Book` or in `sim::truth`).
+        // must still agree there (a disagreement is a bug in `Book` or in `sim::truth`). The
+        // hash texts are left to tests (`disagreement(_, true)`) and to the engine, which
+        // checks every hash the simulator writes: rendering both after every event would
+        // double the simulator's cost in debug builds.
         if cfg!(debug_assertions) {
             let mut touched: Vec<u32> = out[first..].iter().map(|f| f.market).collect();
             touched.sort_unstable();
             touched.dedup();
             for idx in touched {
-                if let Some(why) = self.disagreement(idx) {
+                if let Some(why) = self.disagreement(idx, false) {
                     panic!("simulator's book and truth disagree after {kind:?}: {why}");
                 }
             }

@@ -39,7 +39,7 @@ pub fn text_of(units: u64) -> String {
 /// shortest text; 3: how books spell a last trade price, "0.500").
 pub fn push_text(out: &mut String, units: u64, min_frac: usize) {
     let (int, frac) = (units / 1_000_000, units % 1_000_000);
-    let _ = write!(out, "{int}");
+    push_int(out, int);
     let mut digits = [0u8; 6];
     let mut f = frac;
     for d in digits.iter_mut().rev() {
@@ -52,8 +52,24 @@ pub fn push_text(out: &mut String, units: u64, min_frac: usize) {
     }
     if n > 0 {
         out.push('.');
-        out.extend(digits[..n].iter().map(|&d| char::from(d)));
+        out.push_str(std::str::from_utf8(&digits[..n]).unwrap_or("0"));
     }
+}
+
+/// Appends an integer in decimal (by hand: the simulator writes millions of numbers, and
+/// `fmt` is slow in the debug builds the tests run).
+fn push_int(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }
 
 /// A last trade price as books and their hashes spell it: at least three decimals.
