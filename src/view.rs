@@ -1,5 +1,6 @@
-//! The BOOK JSON shape, defined once: `polybook replay --dump`, the HTTP API and the simulated
-//! exchange's truth endpoint all serialise books through [`BookView`].
+//! The BOOK JSON shape, defined once: `polybook replay --dump` and the HTTP API serialise books
+//! through [`BookView`]. The simulated exchange's truth endpoint writes the same shape from its
+//! independent `sim::truth::TruthBook`, so that this code is under test there too.
 //!
 //! ```json
 //! {"token_id","market","status","bids":[[price,size],...],"asks":[[price,size],...],

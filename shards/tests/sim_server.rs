@@ -712,10 +712,12 @@ fn slow_consumer_and_idle_close() {
             }
         });
 
-        // One step call queues far more than 50 frames before the writer can run.
+        // One step call queues far more than 50 frames before the writer can run. Not many
+        // more: the step blocks the executor, and one that outlasts `idle_close_ms` on a busy
+        // machine lets the idle close win the race against the 1013.
         let slow = Client::connect(&url).await;
         slow.open(&refs(&tokens_of(&ms)), false).await;
-        step(&base, 2_000, T0 + 1_000).await;
+        step(&base, 400, T0 + 1_000).await;
         slow.wait("1013", |s| s.ended.is_some()).await;
         assert_eq!(slow.ended(), Some(Ending::Close(1013, SLOW_CONSUMER_REASON.into())));
 
@@ -783,6 +785,215 @@ fn random_faults_fire_by_seed() {
             n >= 5
         })
         .await;
+    });
+    sim.stop().unwrap_or_else(|e| panic!("stop: {e}"));
+}
+
+/// A price or tick text in millionths (the wire's decimals, at most six).
+fn units(text: &str) -> u64 {
+    polybook::sim::truth::units_of(text).unwrap_or_else(|| panic!("not a decimal: {text:?}"))
+}
+
+/// The probe of issue 13 item 4 as a self-check of the simulator, seen by a client over the
+/// real WebSocket: seed 7, 300 markets, 2,000 events/s, one connection (custom features on)
+/// with 8 whole markets and 4 single tokens, tick changes forced on the subscribed markets.
+/// (1) `book`, `best_bid_ask`, `last_trade_price` and `tick_size_change` come only for
+/// subscribed tokens (only `price_change` carries the unsubscribed mirror token's entries);
+/// (2) every price a token receives is on the tick last announced for it on the connection
+/// (opening book, then `tick_size_change`s whose `old_tick_size` is that tick), so a change
+/// is announced before any price on the new grid; (3) at rest, that tick is Gamma's, REST's,
+/// `/sim/markets`' and the truth's.
+#[test]
+fn sim_announces_per_token_events_and_ticks_only_to_subscribers_before_use() {
+    let sim = sim(|c| {
+        c.seed = 7;
+        c.markets = 300;
+        c.rate = 2_000.0;
+        c.start_ms = None;
+        c.real_shape = RealShape::default();
+    });
+    let (base, url) = (sim.http_url(), sim.ws_url());
+    run(move || async move {
+        let ms = markets(&base).await;
+        // Markets at a 0.01 tick whose book is near an edge, where the venue changes ticks.
+        let mut edge = Vec::new();
+        for m in ms.iter().filter(|m| m.active && m.meta.tick_size == Price::parse("0.01").ok()) {
+            let rest = get_json(&format!("{base}/book?token_id={}", m.tokens[0])).await;
+            let best = |k: &str| {
+                rest[k]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .map(|l| units(l["price"].as_str().unwrap_or("")))
+            };
+            let near = best("bids").is_some_and(|b| b > 0 && b < 40_000)
+                || best("asks").is_some_and(|a| a > 960_000 && a < 1_000_000);
+            if near {
+                edge.push(m.clone());
+            }
+            if edge.len() == 12 {
+                break;
+            }
+        }
+        assert_eq!(edge.len(), 12, "markets near an edge");
+        let (whole, single) = edge.split_at(8);
+        let mut subscribed: HashSet<String> = tokens_of(whole).into_iter().collect();
+        for (i, m) in single.iter().enumerate() {
+            subscribed.insert(m.tokens[i % 2].clone());
+        }
+        // token -> its market's other token (for mirrored entries of unsubscribed tokens).
+        let partner: std::collections::HashMap<String, String> = ms
+            .iter()
+            .flat_map(|m| {
+                [
+                    (m.tokens[0].clone(), m.tokens[1].clone()),
+                    (m.tokens[1].clone(), m.tokens[0].clone()),
+                ]
+            })
+            .collect();
+        let ids: Vec<String> = subscribed.iter().cloned().collect();
+        let client = Client::connect(&url).await;
+        client.open(&refs(&ids), true).await;
+        assert_eq!(post(&format!("{base}/sim/resume")).await.status, 200);
+        let start = Instant::now();
+        let mut forced = 0;
+        let mut pending: Vec<&Market> = edge.iter().collect();
+        // Bounded by events, not time, so a busy machine checks as much as an idle one.
+        while status(&base).await["events"].as_u64() < Some(6_000) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the generator is too slow");
+            // Tick changes wherever the model allows one (a book near an edge).
+            let mut left = Vec::new();
+            for m in pending {
+                let r =
+                    post(&format!("{base}/sim/tick_size_change?market={}", m.condition_id)).await;
+                if r.status == 404 {
+                    // Resolved meanwhile: nothing to change there any more.
+                    continue;
+                }
+                assert_eq!(r.status, 200, "{}", r.text());
+                let v: Value = r.json().unwrap_or_else(|e| panic!("{e}"));
+                if v["changed"] == true {
+                    forced += 1;
+                } else {
+                    left.push(m);
+                }
+            }
+            pending = left;
+            sleep_ms(200).await;
+        }
+        assert_eq!(post(&format!("{base}/sim/pause")).await.status, 200);
+        wait_status(&base, "rest", |s| s["at_rest"] == true).await;
+        client.ping_barrier().await;
+        assert!(forced >= 6, "only {forced} forced tick changes");
+
+        let per_token = ["book", "best_bid_ask", "last_trade_price", "tick_size_change"];
+        let mut tick: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let (mut changes, mut checked, mut mirrored) = (0, 0u64, 0u64);
+        let on_grid = |tick: &std::collections::HashMap<String, u64>,
+                       token: &str,
+                       price: &str,
+                       what: &str| {
+            let t = tick
+                .get(token)
+                .copied()
+                .unwrap_or_else(|| panic!("{what}: no tick announced for {token}"));
+            let p = units(price);
+            assert!(p % t == 0, "{what}: {token} got price {price} off its announced tick {t}e-6");
+        };
+        for f in client.frames() {
+            let v: Value =
+                serde_json::from_str(f.trim_end()).unwrap_or_else(|e| panic!("{e}: {f}"));
+            let events = match v {
+                Value::Array(a) => a,
+                o => vec![o],
+            };
+            for e in &events {
+                let kind = e["event_type"].as_str().unwrap_or_default();
+                let asset = e["asset_id"].as_str().unwrap_or_default().to_owned();
+                if per_token.contains(&kind) {
+                    assert!(subscribed.contains(&asset), "{kind} for unsubscribed {asset}: {f}");
+                }
+                let s = |k: &str| e[k].as_str().unwrap_or_else(|| panic!("{k}: {e}")).to_owned();
+                match kind {
+                    "book" => {
+                        if let Some(t) = e["tick_size"].as_str() {
+                            tick.insert(asset.clone(), units(t));
+                        }
+                        for side in ["bids", "asks"] {
+                            for l in e[side].as_array().into_iter().flatten() {
+                                on_grid(&tick, &asset, l["price"].as_str().unwrap_or(""), "book");
+                                checked += 1;
+                            }
+                        }
+                    }
+                    "tick_size_change" => {
+                        let old = tick.get(&asset).copied();
+                        assert_eq!(
+                            old,
+                            Some(units(&s("old_tick_size"))),
+                            "old tick of {asset}: {e}"
+                        );
+                        tick.insert(asset, units(&s("new_tick_size")));
+                        changes += 1;
+                    }
+                    "best_bid_ask" => {
+                        on_grid(&tick, &asset, &s("best_bid"), "best_bid_ask");
+                        on_grid(&tick, &asset, &s("best_ask"), "best_bid_ask");
+                        checked += 2;
+                    }
+                    "last_trade_price" => {
+                        on_grid(&tick, &asset, &s("price"), "last_trade_price");
+                        checked += 1;
+                    }
+                    "price_change" => {
+                        for c in e["price_changes"].as_array().into_iter().flatten() {
+                            let a = c["asset_id"].as_str().unwrap_or_default();
+                            // Both tokens of a market share its tick: an unsubscribed mirror
+                            // token's entries are judged by the subscribed one's.
+                            let who = if subscribed.contains(a) {
+                                a.to_owned()
+                            } else {
+                                mirrored += 1;
+                                partner[a].clone()
+                            };
+                            for k in ["price", "best_bid", "best_ask"] {
+                                on_grid(&tick, &who, c[k].as_str().unwrap_or(""), "price_change");
+                                checked += 1;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(changes >= forced, "{changes} tick_size_change events for {forced} forced changes");
+        assert!(checked > 1_000 && mirrored > 50, "{checked} prices checked, {mirrored} mirrored");
+        assert_eq!(tick.len(), subscribed.len(), "every subscribed token got its opening book");
+        // At rest every source names the tick the connection was last told.
+        let listed = markets(&base).await;
+        for token in &subscribed {
+            let want = tick[token];
+            let m = listed
+                .iter()
+                .find(|m| m.tokens.contains(token))
+                .unwrap_or_else(|| panic!("{token}"));
+            let sim_markets = m.meta.tick_size.map(|p| u64::from(p.units()));
+            let truth = get_json(&format!("{base}/sim/book/{token}")).await;
+            let gamma = get_json(&format!("{base}/markets/keyset?clob_token_ids={token}")).await;
+            let gamma_tick = gamma["markets"][0]["orderPriceMinTickSize"].to_string();
+            let mut got = vec![
+                ("/sim/markets", sim_markets),
+                ("/sim/book", Some(units(truth["tick_size"].as_str().unwrap_or("")))),
+                ("Gamma", Some(units(&gamma_tick))),
+            ];
+            // A market resolved during the run has no REST book any more (404).
+            if m.active {
+                let rest = get_json(&format!("{base}/book?token_id={token}")).await;
+                got.push(("REST /book", Some(units(rest["tick_size"].as_str().unwrap_or("")))));
+            }
+            for (source, t) in got {
+                assert_eq!(t, Some(want), "{token}: {source} tick vs the connection's");
+            }
+        }
     });
     sim.stop().unwrap_or_else(|e| panic!("stop: {e}"));
 }

@@ -1,10 +1,14 @@
 //! The venue's server frames, written byte for byte as captured in 2026-10: compact JSON, keys
 //! in the venue's (non-alphabetical) order, every number a string, opening dumps as one array
 //! frame ending in `\n`. See the protocol doc §3.1 and the fixtures in tests/data/polymarket.
+//!
+//! Books, hashes and numbers are written from the simulator's independent truth
+//! ([`TruthBook`], its own decimal text): nothing the engine uses to read or hash a book sits
+//! between the model and the bytes a client receives (issue 13).
 
 use std::fmt::Write;
 
-use crate::book::hash::{to_hex, write_levels};
+use super::truth::{hex, push_text, TruthBook};
 use crate::book::Book;
 use crate::decimal::{Price, Size};
 use crate::protocol::Side;
@@ -39,80 +43,75 @@ pub fn price_change(out: &mut String, market: &str, entries: &[EntryOut<'_>], ts
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(
-            out,
-            "{{\"asset_id\":\"{}\",\"price\":\"{}\",\"size\":\"{}\",\"side\":\"{}\",\"hash\":\"{}\",\
-             \"best_bid\":\"{}\",\"best_ask\":\"{}\"}}",
-            e.asset_id,
-            e.price,
-            e.size,
-            e.side.as_str(),
-            to_hex(&e.hash),
-            e.best_bid,
-            e.best_ask
-        );
+        out.push_str("{\"asset_id\":\"");
+        out.push_str(e.asset_id);
+        out.push_str("\",\"price\":\"");
+        push_text(out, u64::from(e.price.units()), 0);
+        out.push_str("\",\"size\":\"");
+        push_text(out, e.size.units(), 0);
+        let _ = write!(out, "\",\"side\":\"{}\",\"hash\":\"{}", e.side.as_str(), hex(&e.hash));
+        out.push_str("\",\"best_bid\":\"");
+        push_text(out, u64::from(e.best_bid.units()), 0);
+        out.push_str("\",\"best_ask\":\"");
+        push_text(out, u64::from(e.best_ask.units()), 0);
+        out.push_str("\"}");
     }
     let _ = write!(out, "],\"timestamp\":\"{ts}\",\"event_type\":\"price_change\"}}");
 }
 
 /// `{"market":..,"asset_id":..,"timestamp":..,"hash":..,"bids":[..],"asks":[..]`: the head
 /// that opening books and REST books share (the Go struct order).
-fn snapshot_head(out: &mut String, book: &Book, hash: [u8; 20]) {
+fn snapshot_head(out: &mut String, book: &TruthBook, hash: [u8; 20]) {
     let _ = write!(
         out,
         "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"timestamp\":\"{}\",\"hash\":\"{}\",\"bids\":",
-        book.market(),
-        book.token(),
-        book.timestamp_ms(),
-        to_hex(&hash)
+        book.market,
+        book.asset_id,
+        book.timestamp_ms,
+        hex(&hash)
     );
-    write_levels(out, book.bids());
+    book.write_wire_levels(out, true);
     out.push_str(",\"asks\":");
-    write_levels(out, book.asks());
+    book.write_wire_levels(out, false);
 }
 
 /// An opening-dump element: `market, asset_id, timestamp, hash, bids, asks, tick_size,
 /// event_type, last_trade_price`.
-pub fn opening_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
+pub fn opening_book(out: &mut String, book: &TruthBook, hash: [u8; 20]) {
     snapshot_head(out, book, hash);
-    let tick = book.tick_size().unwrap_or(Price::ZERO);
     let _ = write!(
         out,
-        ",\"tick_size\":\"{tick}\",\"event_type\":\"book\",\"last_trade_price\":\"{ltp}\"}}"
+        ",\"tick_size\":\"{}\",\"event_type\":\"book\",\"last_trade_price\":\"{}\"}}",
+        book.tick_size, book.last_trade_price
     );
 }
 
 /// A `book` sent after a trade: `market, asset_id, bids, asks, hash, timestamp, event_type`.
-pub fn book_after_trade(out: &mut String, book: &Book, hash: [u8; 20]) {
+pub fn book_after_trade(out: &mut String, book: &TruthBook, hash: [u8; 20]) {
     let _ = write!(
         out,
         "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"bids\":",
-        book.market(),
-        book.token()
+        book.market, book.asset_id
     );
-    write_levels(out, book.bids());
+    book.write_wire_levels(out, true);
     out.push_str(",\"asks\":");
-    write_levels(out, book.asks());
+    book.write_wire_levels(out, false);
     let _ = write!(
         out,
         ",\"hash\":\"{}\",\"timestamp\":\"{}\",\"event_type\":\"book\"}}",
-        to_hex(&hash),
-        book.timestamp_ms()
+        hex(&hash),
+        book.timestamp_ms
     );
 }
 
 /// REST `GET /book`: `market, asset_id, timestamp, hash, bids, asks, min_order_size,
 /// tick_size, neg_risk, last_trade_price` (the Go struct order the hash also uses).
-pub fn rest_book(out: &mut String, book: &Book, hash: [u8; 20], ltp: &str) {
+pub fn rest_book(out: &mut String, book: &TruthBook, hash: [u8; 20]) {
     snapshot_head(out, book, hash);
-    let meta = book.meta();
     let _ = write!(
         out,
         ",\"min_order_size\":\"{}\",\"tick_size\":\"{}\",\"neg_risk\":{},\"last_trade_price\":\"{}\"}}",
-        meta.min_order_size.unwrap_or(Size::ZERO),
-        meta.tick_size.unwrap_or(Price::ZERO),
-        meta.neg_risk.unwrap_or(false),
-        ltp
+        book.min_order_size, book.tick_size, book.neg_risk, book.last_trade_price
     );
 }
 
@@ -129,36 +128,41 @@ pub fn last_trade_price(
     ts: u64,
     tx_hash: &str,
 ) {
+    let _ = write!(out, "{{\"market\":\"{market}\",\"asset_id\":\"{asset_id}\",\"price\":\"");
+    push_text(out, u64::from(price.units()), 0);
+    out.push_str("\",\"size\":\"");
+    push_text(out, size.units(), 0);
     let _ = write!(
         out,
-        "{{\"market\":\"{market}\",\"asset_id\":\"{asset_id}\",\"price\":\"{price}\",\
-         \"size\":\"{size}\",\"fee_rate_bps\":\"0\",\"side\":\"{}\",\"timestamp\":\"{ts}\",\
+        "\",\"fee_rate_bps\":\"0\",\"side\":\"{}\",\"timestamp\":\"{ts}\",\
          \"event_type\":\"last_trade_price\",\"transaction_hash\":\"{tx_hash}\"}}",
         side.as_str()
     );
 }
 
 /// `best_bid_ask`: `market, asset_id, best_bid, best_ask, spread, timestamp, event_type`.
-pub fn best_bid_ask(out: &mut String, book: &Book, ts: u64) {
-    let (bid, ask) = top_of_book(book);
-    let spread = Price::from_units(ask.units().saturating_sub(bid.units()));
+pub fn best_bid_ask(out: &mut String, book: &TruthBook, ts: u64) {
+    let (bid, ask) = book.top_or_sentinels();
     let _ = write!(
         out,
-        "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"best_bid\":\"{bid}\",\"best_ask\":\"{ask}\",\
-         \"spread\":\"{spread}\",\"timestamp\":\"{ts}\",\"event_type\":\"best_bid_ask\"}}",
-        book.market(),
-        book.token()
+        "{{\"market\":\"{}\",\"asset_id\":\"{}\",\"best_bid\":\"",
+        book.market, book.asset_id
     );
+    push_text(out, bid, 0);
+    out.push_str("\",\"best_ask\":\"");
+    push_text(out, ask, 0);
+    out.push_str("\",\"spread\":\"");
+    push_text(out, ask.saturating_sub(bid), 0);
+    let _ = write!(out, "\",\"timestamp\":\"{ts}\",\"event_type\":\"best_bid_ask\"}}");
 }
 
 /// `tick_size_change` (field order of the docs; the only real capture had sorted keys).
-pub fn tick_size_change(out: &mut String, book: &Book, old: Price, new: Price, ts: u64) {
+pub fn tick_size_change(out: &mut String, book: &TruthBook, old: &str, new: &str, ts: u64) {
     let _ = write!(
         out,
         "{{\"event_type\":\"tick_size_change\",\"asset_id\":\"{}\",\"market\":\"{}\",\
          \"old_tick_size\":\"{old}\",\"new_tick_size\":\"{new}\",\"timestamp\":\"{ts}\"}}",
-        book.token(),
-        book.market()
+        book.asset_id, book.market
     );
 }
 
@@ -194,7 +198,7 @@ pub struct NewMarketOut<'a> {
     pub slug: &'a str,
     pub tokens: [&'a str; 2],
     pub outcomes: [&'a str; 2],
-    pub tick: Price,
+    pub tick: &'a str,
     pub ts: u64,
 }
 

@@ -41,7 +41,7 @@ pub fn market_json(m: &SimMarket) -> String {
         end = iso8601(m.end_date_ms),
         start = iso8601(m.created_ms),
         qid = m.question_id,
-        tick = m.tick(),
+        tick = m.tick_text(),
         mos = m.min_order_size(),
         end_day = &iso8601(m.end_date_ms)[..10],
         accepting = !closed,

@@ -5,7 +5,8 @@ use hashbrown::HashMap;
 use super::frames::{self, EntryOut, NewMarketOut};
 use super::rng::Rng;
 use super::shape::{RealShape, ShapeCounters};
-use crate::book::hash::book_hash;
+use super::truth::{ltp_text, text_of, units_of, TruthBook, TruthTrade};
+use crate::book::hash::{write_hash_input, HashInputs};
 use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
 use crate::decimal::{Price, Size, SCALE};
 use crate::ids::{MarketId, TokenId};
@@ -91,7 +92,14 @@ pub struct SimMarket {
     pub created_ms: u64,
     pub end_date_ms: u64,
     pub state: MarketState,
+    /// The generator's view of both books (mirror images), from which it picks orders.
     books: [Book; 2],
+    /// The same books kept by the independent implementation (`sim::truth`). Every output is
+    /// written from it (frames' books, hashes and tops, REST, the truth endpoint, Gamma's and
+    /// `/sim/markets`' tick), so a bug in `Book` or `book_hash`, which the engine shares, makes
+    /// the simulator disagree with the engine instead of agreeing with it; after every event
+    /// both are checked to agree ([`SimExchange::disagreement`]).
+    truth: [TruthBook; 2],
     /// The market's last trade price as the venue hashes it (one per market, in the terms of
     /// the token the trade printed on; empty before the first trade).
     ltp: LtpText,
@@ -107,6 +115,15 @@ impl SimMarket {
     pub fn tick(&self) -> Price {
         self.books[0].tick_size().unwrap_or(Price::from_units(10_000))
     }
+    /// The independent truth of one token's book.
+    pub fn truth(&self, outcome: usize) -> &TruthBook {
+        &self.truth[outcome.min(1)]
+    }
+    /// The market's tick as the venue writes it; both tokens always share it (a tick change
+    /// moves both at once).
+    pub fn tick_text(&self) -> &str {
+        &self.truth[0].tick_size
+    }
     pub fn min_order_size(&self) -> Size {
         self.books[0].meta().min_order_size.unwrap_or(Size::ZERO)
     }
@@ -115,6 +132,15 @@ impl SimMarket {
     }
     pub fn is_active(&self) -> bool {
         self.state == MarketState::Active
+    }
+    /// Both tokens' books changed at `ts`.
+    fn stamp(&mut self, ts: u64) {
+        for b in &mut self.books {
+            b.set_timestamp(ts);
+        }
+        for t in &mut self.truth {
+            t.timestamp_ms = ts;
+        }
     }
 }
 
@@ -236,11 +262,90 @@ impl SimExchange {
         Some(self.markets[m as usize].book(usize::from(o)))
     }
 
+    /// The independent truth of a token's book (what `/sim/book/{token}` serves).
+    pub fn truth_book(&self, token: &str) -> Option<&TruthBook> {
+        let (m, o) = self.market_of_token(token)?;
+        Some(self.markets[m as usize].truth(usize::from(o)))
+    }
+
     /// The venue's hash of a token's current book.
     pub fn hash_of(&mut self, token: &str) -> Option<[u8; 20]> {
-        let (m, o) = self.market_of_token(token)?;
-        let b = &self.markets[m as usize].books[usize::from(o)];
-        book_hash(b, b.timestamp_ms(), &mut self.scratch)
+        let t = self.truth_book(token)?;
+        Some(t.digest(t.timestamp_ms))
+    }
+
+    /// Where the generator's `Book`s and the independent truth of market `idx` differ (levels,
+    /// tick, parameters, timestamps, last trades, status; with `hash_text`, also the texts
+    /// `book_hash` and `TruthBook::hash_hex` hash), or None if they agree.
+    pub fn disagreement(&mut self, idx: u32, hash_text: bool) -> Option<String> {
+        let m = self.markets.get(idx as usize)?;
+        for (o, (b, t)) in m.books.iter().zip(&m.truth).enumerate() {
+            let units = |l: &Level| (u64::from(l.price.units()), l.size.units());
+            let bids_agree = b.bids().iter().map(units).eq(t.bids.iter().map(|(p, z)| (*p, *z)));
+            let asks_agree =
+                b.asks().iter().map(units).eq(t.asks.iter().rev().map(|(p, z)| (*p, *z)));
+            let meta = b.meta();
+            let trade = b.last_trade().map(|l| TruthTrade {
+                price: u64::from(l.price.units()),
+                size: l.size.units(),
+                buy: l.side == Side::Buy,
+            });
+            let checks: [(&str, bool); 10] = [
+                ("bids", bids_agree),
+                ("asks", asks_agree),
+                (
+                    "tick_size",
+                    meta.tick_size.map(|p| u64::from(p.units())) == units_of(&t.tick_size),
+                ),
+                (
+                    "min_order_size",
+                    meta.min_order_size.map(|z| z.units()) == units_of(&t.min_order_size),
+                ),
+                ("neg_risk", meta.neg_risk == Some(t.neg_risk)),
+                ("timestamp", b.timestamp_ms() == t.timestamp_ms),
+                (
+                    "last_trade_price",
+                    b.hash_ltp().map(|l| l.as_str().to_owned()).as_deref()
+                        == Some(&*t.last_trade_price),
+                ),
+                ("last_trade", trade == t.last_trade),
+                ("status", (b.status() == BookStatus::Resolved) == t.resolved),
+                ("tick shared", t.tick_size == m.truth[0].tick_size),
+            ];
+            if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
+                return Some(format!(
+                    "market {idx} token {o}: {what} differs: book {b:?} truth {t:?}"
+                ));
+            }
+            if !hash_text {
+                continue;
+            }
+            // The texts the two hash: SHA-1 of equal texts is equal, and cheaper to compare.
+            let inputs = b
+                .hash_ltp()
+                .and_then(|ltp| Some((ltp, meta.min_order_size?, meta.tick_size?, meta.neg_risk?)));
+            let Some((ltp, min_order_size, tick_size, neg_risk)) = inputs else {
+                return Some(format!("market {idx} token {o}: a hash input is unknown: {b:?}"));
+            };
+            let inp = HashInputs {
+                market: b.market().as_str(),
+                asset_id: b.token().as_str(),
+                timestamp_ms: b.timestamp_ms(),
+                min_order_size,
+                tick_size,
+                neg_risk,
+                last_trade_price: ltp.as_str(),
+            };
+            write_hash_input(&mut self.scratch, &inp, b.bids(), b.asks());
+            let want = t.hash_text(t.timestamp_ms);
+            if self.scratch != want {
+                return Some(format!(
+                    "market {idx} token {o}: hash text differs:\n book  {}\n truth {want}",
+                    self.scratch
+                ));
+            }
+        }
+        None
     }
 
     /// The opening frame for a subscription: one compact array of `book`s ending in `\n`,
@@ -263,8 +368,8 @@ impl SimExchange {
         if permille > 0 && self.snap_rng.chance(permille) {
             // A book with no level has nothing to be stale about.
             let has_levels = |&&(m, o): &&(u32, u8)| {
-                let b = &self.markets[m as usize].books[usize::from(o)];
-                !(b.bids().is_empty() && b.asks().is_empty())
+                let t = &self.markets[m as usize].truth[usize::from(o)];
+                !(t.bids.is_empty() && t.asks.is_empty())
             };
             let n = found.iter().filter(has_levels).count() as u64;
             if n > 0 {
@@ -274,12 +379,11 @@ impl SimExchange {
             }
         }
         for (pos, &(m, o)) in found.iter().enumerate() {
-            let market = &self.markets[m as usize];
-            let b = &market.books[usize::from(o)];
+            let t = &self.markets[m as usize].truth[usize::from(o)];
             let stale =
-                if stale_pos == Some(pos) { stale_copy(b, &mut self.snap_rng) } else { None };
-            let b = stale.as_ref().unwrap_or(b);
-            let Some(h) = book_hash(b, b.timestamp_ms(), &mut self.scratch) else { continue };
+                if stale_pos == Some(pos) { stale_copy(t, &mut self.snap_rng) } else { None };
+            let t = stale.as_ref().unwrap_or(t);
+            let h = t.digest(t.timestamp_ms);
             if stale.is_some() {
                 self.shape_counters.stale_snapshots += 1;
             }
@@ -287,7 +391,7 @@ impl SimExchange {
                 out.push(',');
             }
             first = false;
-            frames::opening_book(&mut out, b, h, market.ltp.as_str());
+            frames::opening_book(&mut out, t, h);
         }
         out.push_str("]\n");
         out
@@ -300,15 +404,35 @@ impl SimExchange {
         if !market.is_active() {
             return None;
         }
-        let b = &market.books[usize::from(o)];
-        let h = book_hash(b, b.timestamp_ms(), &mut self.scratch)?;
+        let t = &market.truth[usize::from(o)];
         let mut out = String::with_capacity(2048);
-        frames::rest_book(&mut out, b, h, market.ltp.as_str());
+        frames::rest_book(&mut out, t, t.digest(t.timestamp_ms));
         Some(out)
     }
 
     /// Generates one venue event at `now_ms`, appending its frames to `out`.
     pub fn step(&mut self, now_ms: u64, out: &mut Vec<SimFrame>) -> EventKind {
+        let first = out.len();
+        let kind = self.step_event(now_ms, out);
+        // Every market an event touches writes a frame; the generator's books and the truth
+        // must still agree there (a disagreement is a bug in `Book` or in `sim::truth`). The
+        // hash texts are left to tests (`disagreement(_, true)`) and to the engine, which
+        // checks every hash the simulator writes: rendering both after every event would
+        // double the simulator's cost in debug builds.
+        if cfg!(debug_assertions) {
+            let mut touched: Vec<u32> = out[first..].iter().map(|f| f.market).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for idx in touched {
+                if let Some(why) = self.disagreement(idx, false) {
+                    panic!("simulator's book and truth disagree after {kind:?}: {why}");
+                }
+            }
+        }
+        kind
+    }
+
+    fn step_event(&mut self, now_ms: u64, out: &mut Vec<SimFrame>) -> EventKind {
         self.now_ms = self.now_ms.max(now_ms);
         let roll = self.rng.below(1000);
         // New markets replace resolved ones, so the active set stays near its starting size
@@ -372,6 +496,15 @@ impl SimExchange {
             Book::new(tokens[0].clone(), condition_id.clone(), meta),
             Book::new(tokens[1].clone(), condition_id.clone(), meta),
         ];
+        let mut truth = [
+            TruthBook::new(condition_id.as_str(), tokens[0].as_str()),
+            TruthBook::new(condition_id.as_str(), tokens[1].as_str()),
+        ];
+        for t in &mut truth {
+            t.min_order_size = text_of(min_order_size.units());
+            t.tick_size = text_of(u64::from(tick.units()));
+            t.neg_risk = neg_risk;
+        }
         // Most markets trade mid-range; some sit near the edges where tick sizes change.
         let t = u64::from(tick.units());
         let mid_ticks = match self.rng.below(10) {
@@ -384,12 +517,24 @@ impl SimExchange {
         for k in 0..levels {
             let size = self.lot();
             if let Some(p) = mid_ticks.checked_sub(1 + k).filter(|p| *p > 0) {
-                set_pair(&mut books, Side::Buy, Price::from_units((p * t) as u32), size);
+                set_pair(
+                    &mut books,
+                    &mut truth,
+                    Side::Buy,
+                    Price::from_units((p * t) as u32),
+                    size,
+                );
             }
             let ask = mid_ticks + 1 + k;
             if ask * t < SCALE {
                 let size = self.lot();
-                set_pair(&mut books, Side::Sell, Price::from_units((ask * t) as u32), size);
+                set_pair(
+                    &mut books,
+                    &mut truth,
+                    Side::Sell,
+                    Price::from_units((ask * t) as u32),
+                    size,
+                );
             }
         }
         let ltp = if untraded {
@@ -401,6 +546,11 @@ impl SimExchange {
             b.set_timestamp(ts);
             b.set_hash_ltp(Some(ltp));
             b.set_status(BookStatus::Live);
+        }
+        let ltp_truth = if untraded { String::new() } else { ltp_text(mid_ticks * t) };
+        for tb in &mut truth {
+            tb.timestamp_ms = ts;
+            tb.last_trade_price.clone_from(&ltp_truth);
         }
         let n = gamma_id;
         let market = SimMarket {
@@ -415,6 +565,7 @@ impl SimExchange {
             end_date_ms: self.now_ms + self.rng.range(3_600_000, 30 * 86_400_000),
             state: MarketState::Active,
             books,
+            truth,
             ltp,
             active_pos: self.active.len(),
             last_ts: 0,
@@ -455,9 +606,7 @@ impl SimExchange {
         }
         let now = self.now_ms;
         let Some(c) = self.gen_order(idx) else { return };
-        for b in &mut self.markets[idx as usize].books {
-            b.set_timestamp(now);
-        }
+        self.markets[idx as usize].stamp(now);
         let text = self.entries_frame(idx, &[(c.side, c.price)], c.first);
         out.push(SimFrame::market(idx, text));
     }
@@ -516,7 +665,7 @@ impl SimExchange {
                 .map_or(0, |l| l.size.units());
             (Price::from_units(price), Size::from_units(old + lot.units()))
         };
-        set_pair(&mut m.books, side, price, size);
+        set_pair(&mut m.books, &mut m.truth, side, price, size);
         Some(Change { side, price, size, first })
     }
 
@@ -532,7 +681,7 @@ impl SimExchange {
         let price = Price::from_units(price.filter(|p| *p > t && *p + t < SCALE as u32)?);
         let old = b0.levels(side).iter().find(|l| l.price == price).map_or(Size::ZERO, |l| l.size);
         let size = Size::from_units(old.units() + lot.units());
-        set_pair(&mut m.books, side, price, size);
+        set_pair(&mut m.books, &mut m.truth, side, price, size);
         Some(Change { side, price, size, first: 0 })
     }
 
@@ -557,7 +706,7 @@ impl SimExchange {
         let add = Change { side: to, price: top.price, size: lot, first };
         let cancel = Change { side: from, price: top.price, size: Size::ZERO, first };
         for c in [add, cancel] {
-            set_pair(&mut m.books, c.side, c.price, c.size);
+            set_pair(&mut m.books, &mut m.truth, c.side, c.price, c.size);
         }
         Some([add, cancel])
     }
@@ -565,21 +714,19 @@ impl SimExchange {
     /// A `price_change` for changes given on token 0; each token's entries follow its mirror.
     fn entries_frame(&mut self, idx: u32, changes: &[(Side, Price)], first: usize) -> String {
         let m = &self.markets[idx as usize];
-        let mut hashes = [[0u8; 20]; 2];
-        for (o, b) in m.books.iter().enumerate() {
-            hashes[o] = book_hash(b, b.timestamp_ms(), &mut self.scratch).unwrap_or([0; 20]);
-        }
+        let hashes = [0, 1].map(|o| m.truth[o].digest(m.truth[o].timestamp_ms));
         let mut entries = Vec::with_capacity(changes.len() * 2);
         for &(side, price) in changes {
             for k in 0..2 {
                 let o = (first + k) % 2;
                 let (side, price) = if o == 0 { (side, price) } else { mirror(side, price) };
-                let b = &m.books[o];
+                let t = &m.truth[o];
+                let ladder = if side == Side::Buy { &t.bids } else { &t.asks };
                 let size =
-                    b.levels(side).iter().find(|l| l.price == price).map_or(Size::ZERO, |l| l.size);
-                let (best_bid, best_ask) = frames::top_of_book(b);
+                    Size::from_units(ladder.get(&u64::from(price.units())).copied().unwrap_or(0));
+                let (best_bid, best_ask) = truth_top(t);
                 entries.push(EntryOut {
-                    asset_id: b.token().as_str(),
+                    asset_id: t.asset_id.as_str(),
                     price,
                     size,
                     side,
@@ -598,12 +745,11 @@ impl SimExchange {
     /// Hash and best bid/ask of both tokens' books now, at their timestamps.
     fn tops(&mut self, idx: u32) -> [Top; 2] {
         let m = &self.markets[idx as usize];
-        let scratch = &mut self.scratch;
-        let top = |b: &Book, scratch: &mut String| {
-            let (bid, ask) = frames::top_of_book(b);
-            Top { hash: book_hash(b, b.timestamp_ms(), scratch).unwrap_or([0; 20]), bid, ask }
+        let top = |t: &TruthBook| {
+            let (bid, ask) = truth_top(t);
+            Top { hash: t.digest(t.timestamp_ms), bid, ask }
         };
-        [top(&m.books[0], scratch), top(&m.books[1], scratch)]
+        [top(&m.truth[0]), top(&m.truth[1])]
     }
 
     /// Order events with runs on: a run of one or more changes at one timestamp for `idx`
@@ -681,9 +827,7 @@ impl SimExchange {
         if changes.is_empty() {
             return None;
         }
-        for b in &mut self.markets[idx as usize].books {
-            b.set_timestamp(ts);
-        }
+        self.markets[idx as usize].stamp(ts);
         let end = self.tops(idx);
         let ahead_pm = u64::from(sh.ahead_permille);
         let mut ahead = vec![[0u8; 2]; changes.len()];
@@ -700,9 +844,7 @@ impl SimExchange {
         for _ in 0..ahead_max {
             let ts = self.ts_for(idx);
             let Some(c) = self.gen_order(idx) else { break };
-            for b in &mut self.markets[idx as usize].books {
-                b.set_timestamp(ts);
-            }
+            self.markets[idx as usize].stamp(ts);
             follow.push((c, ts, self.tops(idx)));
         }
         // An entry cannot be ahead of changes that did not happen.
@@ -796,7 +938,7 @@ impl SimExchange {
         let m = &mut self.markets[idx as usize];
         let filled = Size::from_units(qty.units().min(level.size.units()));
         let left = Size::from_units(level.size.units() - filled.units());
-        set_pair(&mut m.books, maker_side, level.price, left);
+        set_pair(&mut m.books, &mut m.truth, maker_side, level.price, left);
         let (side_on_report, price_on_report) = if report_on == 0 {
             (if taker_buys { Side::Buy } else { Side::Sell }, level.price)
         } else {
@@ -808,15 +950,24 @@ impl SimExchange {
         // One last trade price per market, both tokens hashing it as printed (real REST books:
         // a YES token at 0.004 hashes "0.996", a trade printed on NO).
         m.ltp = LtpText::from_price(price_on_report);
+        m.stamp(now);
         for b in &mut m.books {
-            b.set_timestamp(now);
             b.set_hash_ltp(Some(m.ltp));
+        }
+        let ltp_truth = ltp_text(u64::from(price_on_report.units()));
+        for t in &mut m.truth {
+            t.last_trade_price.clone_from(&ltp_truth);
         }
         m.books[report_on].set_last_trade(LastTrade {
             price: price_on_report,
             size: filled,
             side: side_on_report,
             timestamp_ms: now,
+        });
+        m.truth[report_on].last_trade = Some(TruthTrade {
+            price: u64::from(price_on_report.units()),
+            size: filled.units(),
+            buy: side_on_report == Side::Buy,
         });
         let text = if self.cfg.real_shape.runs() {
             let c = Change { side: maker_side, price: level.price, size: left, first: report_on };
@@ -830,10 +981,9 @@ impl SimExchange {
         let per_token = self.cfg.real_shape.ltp_from_other_token;
         let only = |o: usize| per_token.then_some(o as u8);
         let m = &self.markets[idx as usize];
-        for (o, b) in m.books.iter().enumerate() {
-            let h = book_hash(b, b.timestamp_ms(), &mut self.scratch).unwrap_or([0; 20]);
+        for (o, t) in m.truth.iter().enumerate() {
             let mut text = String::with_capacity(2048);
-            frames::book_after_trade(&mut text, b, h);
+            frames::book_after_trade(&mut text, t, t.digest(t.timestamp_ms));
             out.push(SimFrame { token: only(o), ..SimFrame::market(idx, text) });
         }
         let mut text = String::with_capacity(400);
@@ -848,9 +998,9 @@ impl SimExchange {
             &tx,
         );
         out.push(SimFrame { token: only(report_on), ..SimFrame::market(idx, text) });
-        for (o, b) in m.books.iter().enumerate() {
+        for (o, t) in m.truth.iter().enumerate() {
             let mut text = String::with_capacity(300);
-            frames::best_bid_ask(&mut text, b, now);
+            frames::best_bid_ask(&mut text, t, now);
             out.push(SimFrame { custom: true, token: only(o), ..SimFrame::market(idx, text) });
         }
     }
@@ -867,14 +1017,22 @@ impl SimExchange {
             return false;
         }
         let now = self.ts_for(idx);
+        let per_token = self.cfg.real_shape.ltp_from_other_token;
         let m = &mut self.markets[idx as usize];
         let new = Price::from_units(TICKS[1]);
-        for b in &mut m.books {
+        let new_text = text_of(u64::from(new.units()));
+        m.stamp(now);
+        for (o, (b, t)) in m.books.iter_mut().zip(&mut m.truth).enumerate() {
             b.set_tick_size(new);
-            b.set_timestamp(now);
+            let old_text = std::mem::replace(&mut t.tick_size, new_text.clone());
             let mut text = String::with_capacity(300);
-            frames::tick_size_change(&mut text, b, old, new, now);
-            out.push(SimFrame::market(idx, text));
+            frames::tick_size_change(&mut text, t, &old_text, &new_text, now);
+            // Like trade events, a token's tick change is announced to that token's
+            // subscribers only; each token's event comes before any price on its new grid.
+            out.push(SimFrame {
+                token: per_token.then_some(o as u8),
+                ..SimFrame::market(idx, text)
+            });
         }
         true
     }
@@ -893,11 +1051,9 @@ impl SimExchange {
         if self.cfg.real_shape.bursts {
             let m = &mut self.markets[idx as usize];
             for &(side, price) in &levels {
-                set_pair(&mut m.books, side, price, Size::ZERO);
+                set_pair(&mut m.books, &mut m.truth, side, price, Size::ZERO);
             }
-            for b in &mut m.books {
-                b.set_timestamp(now);
-            }
+            m.stamp(now);
             let tops = self.tops(idx);
             for &(side, price) in &levels {
                 let c = Change { side, price, size: Size::ZERO, first };
@@ -907,10 +1063,8 @@ impl SimExchange {
         } else {
             for (side, price) in levels {
                 let m = &mut self.markets[idx as usize];
-                set_pair(&mut m.books, side, price, Size::ZERO);
-                for b in &mut m.books {
-                    b.set_timestamp(now);
-                }
+                set_pair(&mut m.books, &mut m.truth, side, price, Size::ZERO);
+                m.stamp(now);
                 let text = self.entries_frame(idx, &[(side, price)], first);
                 out.push(SimFrame::market(idx, text));
             }
@@ -919,6 +1073,9 @@ impl SimExchange {
         m.state = MarketState::Resolved { winner, at_ms: now };
         for b in &mut m.books {
             b.set_status(BookStatus::Resolved);
+        }
+        for t in &mut m.truth {
+            t.resolved = true;
         }
         let pos = m.active_pos;
         let mut text = String::with_capacity(400);
@@ -953,7 +1110,7 @@ impl SimExchange {
                 slug: &m.slug,
                 tokens: [m.tokens[0].as_str(), m.tokens[1].as_str()],
                 outcomes: m.outcomes,
-                tick: m.tick(),
+                tick: m.tick_text(),
                 ts: self.now_ms,
             },
         );
@@ -974,23 +1131,32 @@ fn skewed(rng: &mut Rng, max: u64) -> u64 {
 /// The book as a snapshot taken a moment too early shows it: the deepest level of its longer
 /// side missing, at an older size, or a level just below it not yet removed. Deep levels are
 /// the ones later orders are least likely to touch, so the stream leaves the error in place.
-fn stale_copy(b: &Book, rng: &mut Rng) -> Option<Book> {
-    let side = if b.bids().len() >= b.asks().len() { Side::Buy } else { Side::Sell };
-    let levels = b.levels(side);
-    let worst = *levels.first()?;
-    let tick = b.tick_size()?.units();
-    let lot = Size::from_units(rng.range(100, 50_000) * 10_000);
+fn stale_copy(b: &TruthBook, rng: &mut Rng) -> Option<TruthBook> {
+    let buy = b.bids.len() >= b.asks.len();
+    let side = if buy { &b.bids } else { &b.asks };
+    // The worst level is the first in wire order: the lowest bid, the highest ask.
+    let (&worst, &worst_size) = if buy { side.iter().next()? } else { side.iter().next_back()? };
+    let tick = units_of(&b.tick_size)?;
+    let lot = rng.range(100, 50_000) * 10_000;
     let mut s = b.clone();
-    let beyond = match side {
-        Side::Buy => worst.price.units().checked_sub(tick).filter(|p| *p > 0),
-        Side::Sell => Some(worst.price.units() + tick).filter(|p| *p < SCALE as u32),
+    let beyond = if buy {
+        worst.checked_sub(tick).filter(|p| *p > 0)
+    } else {
+        Some(worst + tick).filter(|p| *p < SCALE)
     };
     match (rng.below(3), beyond) {
-        (0, _) if levels.len() >= 2 => s.set_level(side, worst.price, Size::ZERO),
-        (1, Some(p)) => s.set_level(side, Price::from_units(p), lot),
-        _ => s.set_level(side, worst.price, Size::from_units(worst.size.units() + lot.units())),
+        (0, _) if side.len() >= 2 => s.set(buy, worst, 0),
+        (1, Some(p)) => s.set(buy, p, lot),
+        _ => s.set(buy, worst, worst_size + lot),
     };
     Some(s)
+}
+
+/// Best bid and ask of a truth book with the venue's empty-side sentinels.
+fn truth_top(t: &TruthBook) -> (Price, Price) {
+    let (bid, ask) = t.top_or_sentinels();
+    let price = |u: u64| Price::from_units(u32::try_from(u).unwrap_or(u32::MAX));
+    (price(bid), price(ask))
 }
 
 /// The same order seen from the other outcome token: opposite side at 1 - p.
@@ -998,11 +1164,19 @@ pub fn mirror(side: Side, price: Price) -> (Side, Price) {
     (side.opposite(), price.complement().unwrap_or(Price::ZERO))
 }
 
-/// Sets a level on token 0 and its mirror on token 1.
-fn set_pair(books: &mut [Book; 2], side: Side, price: Price, size: Size) {
+/// Sets a level on token 0 and its mirror on token 1, in both implementations.
+fn set_pair(
+    books: &mut [Book; 2],
+    truth: &mut [TruthBook; 2],
+    side: Side,
+    price: Price,
+    size: Size,
+) {
     books[0].set_level(side, price, size);
     let (s1, p1) = mirror(side, price);
     books[1].set_level(s1, p1, size);
+    truth[0].set(side == Side::Buy, u64::from(price.units()), size.units());
+    truth[1].set(s1 == Side::Buy, u64::from(p1.units()), size.units());
 }
 
 /// Token 1's book must be token 0's mirror image.

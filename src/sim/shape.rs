@@ -39,8 +39,9 @@ pub struct RealShape {
     /// Share of opening dumps in which one token's book is stale at one level that the stream
     /// then never mentions: a genuine divergence that only a later `book` of it repairs.
     pub stale_snapshot_permille: u16,
-    /// Trade events (`last_trade_price`, the post-trade `book`, `best_bid_ask`) go only to
-    /// connections subscribed to their token. The hashed last trade price is the market's last
+    /// Per-token events (`last_trade_price`, the post-trade `book`, `best_bid_ask`,
+    /// `tick_size_change`) go only to connections subscribed to their token, as on the venue;
+    /// off, they go to every connection of the market (the earlier plain stream). The hashed last trade price is the market's last
     /// trade, in the terms of the token it printed on, so a connection subscribed to one token
     /// sees trades of the other only inside its hashes (real REST books: a YES token at 0.004
     /// hashing `"0.996"`).

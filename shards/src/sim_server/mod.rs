@@ -13,10 +13,11 @@
 //! - `GET /markets/keyset?closed&limit&after_cursor`, `GET /markets?closed&limit&offset`
 //! - `GET /book?token_id=`, `POST /books` with `[{"token_id":".."}]`
 //! - WebSocket `/ws/market`
-//! - `GET /sim/book/{token}` (BOOK JSON of the truth), `GET /sim/markets`, `GET /sim/status`
+//! - `GET /sim/book/{token}` (BOOK JSON of the independent truth, `sim::truth`), `GET /sim/markets`, `GET /sim/status`
 //!   (counters, including the last `User-Agent` per endpoint kind),
 //!   `POST /sim/pause`, `POST /sim/resume`, `POST /sim/step?n=N[&now_ms=T]`,
-//!   `POST /sim/fault` with `{"kind","conn","duration_ms","count"}`
+//!   `POST /sim/fault` with `{"kind","conn","duration_ms","count"}`,
+//!   `POST /sim/tick_size_change?market=CONDITION_ID` (a tick change now, where the model allows)
 //!
 //! With [`SimServerConfig::tls`] the same port serves https and wss instead (a self-signed
 //! certificate for `localhost`: clients must trust [`TlsIdentity::cert_pem`]).

@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use polybook::sim::gamma::{keyset_page, offset_page, GammaFilter};
-use polybook::view::BookView;
 use serde::{Deserialize, Serialize};
 
 use super::fault::{Fault, FaultKind, FaultRequest, FAULT_DURATION_MS_DEFAULT};
@@ -46,8 +45,8 @@ struct MarketOut<'a> {
     condition_id: &'a str,
     tokens: [&'a str; 2],
     active: bool,
-    tick_size: String,
-    min_order_size: String,
+    tick_size: &'a str,
+    min_order_size: &'a str,
     neg_risk: bool,
 }
 
@@ -67,6 +66,7 @@ impl Handler for Routes {
             "/sim/pause" | "/sim/resume" if post => self.pause(path == "/sim/pause"),
             "/sim/step" if post => self.step(req),
             "/sim/fault" if post => self.fault(req),
+            "/sim/tick_size_change" if post => self.tick_size_change(req),
             "/sim/faults/random/on" | "/sim/faults/random/off" if post => {
                 let on = path.ends_with("/on");
                 self.state.borrow_mut().random_faults_on = on;
@@ -76,9 +76,12 @@ impl Handler for Routes {
             "/markets/keyset" | "/markets" | "/book" | "/sim/markets" | "/sim/status" => {
                 Response::method_not_allowed("GET")
             }
-            "/books" | "/sim/pause" | "/sim/resume" | "/sim/step" | "/sim/fault" => {
-                Response::method_not_allowed("POST")
-            }
+            "/books"
+            | "/sim/pause"
+            | "/sim/resume"
+            | "/sim/step"
+            | "/sim/fault"
+            | "/sim/tick_size_change" => Response::method_not_allowed("POST"),
             _ => Response::not_found(),
         }
     }
@@ -211,8 +214,10 @@ impl Routes {
     fn truth(&self, path: &str) -> Response {
         let token = percent_decode(path.trim_start_matches("/sim/book/"));
         let st = self.state.borrow();
-        match st.ex.book(&token) {
-            Some(book) => Response::json(200, &BookView::new(book)),
+        // The independent truth, in its own writer: the engine's `Book` and `BookView` must
+        // not stand between the simulator and what the tests compare the engine with.
+        match st.ex.truth_book(&token) {
+            Some(t) => Response::json_raw(200, t.view_json()),
             None => Response::error(404, "unknown token"),
         }
     }
@@ -227,8 +232,8 @@ impl Routes {
                 condition_id: m.condition_id.as_str(),
                 tokens: [m.tokens[0].as_str(), m.tokens[1].as_str()],
                 active: m.is_active(),
-                tick_size: m.tick().to_string(),
-                min_order_size: m.min_order_size().to_string(),
+                tick_size: m.tick_text(),
+                min_order_size: &m.truth(0).min_order_size,
                 neg_risk: m.neg_risk,
             })
             .collect();
@@ -260,6 +265,18 @@ impl Routes {
         let frames = st.step_n(n, now_ms);
         let body = serde_json::json!({ "events": n, "frames": frames, "now_ms": st.ex.now_ms() });
         Response::json(200, &body)
+    }
+
+    /// `POST /sim/tick_size_change?market=CONDITION_ID`: `{"changed":bool}` (false unless the
+    /// market is active with a 0.01 tick and a best price beyond 0.04/0.96).
+    fn tick_size_change(&self, req: &Request) -> Response {
+        let mut st = self.state.borrow_mut();
+        let idx = req.query_param("market").and_then(|m| st.ex.market_index(m));
+        let Some(idx) = idx.filter(|&i| st.ex.market(i).is_some_and(|m| m.is_active())) else {
+            return Response::error(404, "no such active market");
+        };
+        let changed = st.tick_size_change(idx);
+        Response::json(200, &serde_json::json!({ "changed": changed }))
     }
 
     fn fault(&self, req: &Request) -> Response {

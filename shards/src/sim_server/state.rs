@@ -333,6 +333,23 @@ impl State {
         self.counters.frames_generated - before
     }
 
+    /// Changes a market's tick now if the model allows it there (a 0.01 tick near an edge),
+    /// queueing its frames like a generated event's; tests force tick changes this way, which
+    /// the generator makes too rarely to check a handful of subscribed markets.
+    pub(crate) fn tick_size_change(&mut self, idx: u32) -> bool {
+        let now = Instant::now();
+        let mut buf = std::mem::take(&mut self.frame_buf);
+        let changed = self.ex.tick_size_change(idx, &mut buf);
+        if changed {
+            self.count_event(EventKind::TickSizeChange);
+        }
+        for frame in buf.drain(..) {
+            self.dispatch(frame, now);
+        }
+        self.frame_buf = buf;
+        changed
+    }
+
     fn count_event(&mut self, kind: EventKind) {
         self.counters.events += 1;
         let k = &mut self.counters.events_by_kind;
