@@ -8,7 +8,7 @@
 //! [--events 200000] [--no-stale] [--yes-only]`
 
 use polybook::book::TokenMeta;
-use polybook::capture::parse_line;
+use polybook::capture::{apply_capture_line, settle_at_end};
 use polybook::sim::{capture_lines, capture_lines_yes_only, RealShape, SimConfig};
 use polybook::store::{NoSink, StoreConfig};
 use polybook::{BookStore, Size};
@@ -53,16 +53,10 @@ fn main() -> std::process::ExitCode {
     let config = StoreConfig { auto_track: true, default_meta: meta, ..StoreConfig::default() };
     let mut store = BookStore::new(config);
     let started = std::time::Instant::now();
-    let mut now = 0;
     for l in &lines {
-        let Some(c) = parse_line(l) else { continue };
-        now = c.recv_ns.unwrap_or(0) / 1_000_000;
-        store.set_now_ms(now);
-        store.settle(now, &mut NoSink);
-        store.apply_frame(c.frame, &mut NoSink);
+        apply_capture_line(&mut store, l, &mut NoSink);
     }
-    store.settle(now + 3_600_000, &mut NoSink);
-    store.settle(now + 7_200_000, &mut NoSink);
+    settle_at_end(&mut store, &mut NoSink);
     let replayed = started.elapsed();
     let c = store.counters();
     let pct = |a: u64, b: u64| {

@@ -135,6 +135,31 @@ pub fn parse_line(line: &str) -> Option<CaptureLine<'_>> {
     Some(CaptureLine { recv_ns: None, frame: line })
 }
 
+/// Applies one capture line to a store as the engine would have: the receive time (if the
+/// line has one) is the store's clock and lets time pass before the frame. None for a blank
+/// line.
+pub fn apply_capture_line(
+    store: &mut crate::BookStore,
+    line: &str,
+    sink: &mut impl crate::store::UpdateSink,
+) -> Option<crate::store::FrameReport> {
+    let parsed = parse_line(line)?;
+    if let Some(ns) = parsed.recv_ns {
+        let now_ms = ns / 1_000_000;
+        store.set_now_ms(now_ms);
+        store.settle(now_ms, sink);
+    }
+    Some(store.apply_frame(parsed.frame, sink))
+}
+
+/// The input ended: lets an hour pass twice, so every open claim is judged (runs end, then
+/// their windows pass).
+pub fn settle_at_end(store: &mut crate::BookStore, sink: &mut impl crate::store::UpdateSink) {
+    let end = store.now_ms().saturating_add(3_600_000);
+    store.settle(end, sink);
+    store.settle(end.saturating_add(3_600_000), sink);
+}
+
 /// Formats a line for a capture file.
 pub fn format_line(recv_ns: u64, frame: &str) -> String {
     let frame = frame.strip_suffix('\n').unwrap_or(frame);

@@ -90,6 +90,21 @@ struct Claim<T> {
     ended: Option<Ended>,
 }
 
+impl<T> Claim<T> {
+    /// Counts a matched claim's entries: the one made at the matching step (if `now`) matched
+    /// now, the others after their run or later.
+    fn credit(&self, now: bool, t: &mut Tally) {
+        let now = u64::from(now);
+        let rest = u64::from(self.entries) - now;
+        t.now += now;
+        if self.ended.is_some() {
+            t.later += rest;
+        } else {
+            t.after_run += rest;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ended {
     at_ms: u64,
@@ -158,14 +173,7 @@ impl<T: Copy + PartialEq> Claims<T> {
     ) {
         self.open.retain_mut(|c| {
             if matches(&c.value, c.run_ts) {
-                let now = u64::from(c.newest_step == step);
-                let rest = u64::from(c.entries) - now;
-                t.now += now;
-                if c.ended.is_some() {
-                    t.later += rest;
-                } else {
-                    t.after_run += rest;
-                }
+                c.credit(c.newest_step == step, t);
                 return false;
             }
             if let Some(e) = &mut c.ended {
@@ -219,14 +227,7 @@ impl<T: Copy + PartialEq> Claims<T> {
     pub fn resolve(&mut self, value: &T, step: u64, t: &mut Tally) {
         self.open.retain(|c| {
             if c.value == *value {
-                let now = u64::from(c.newest_step == step && c.ended.is_none());
-                let rest = u64::from(c.entries) - now;
-                t.now += now;
-                if c.ended.is_some() {
-                    t.later += rest;
-                } else {
-                    t.after_run += rest;
-                }
+                c.credit(c.newest_step == step && c.ended.is_none(), t);
                 return false;
             }
             true

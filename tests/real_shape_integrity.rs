@@ -3,7 +3,7 @@
 //! while genuine divergences (stale opening books) are still caught.
 
 use polybook::book::TokenMeta;
-use polybook::capture::parse_line;
+use polybook::capture::{apply_capture_line, settle_at_end};
 use polybook::sim::{capture_lines, RealShape, SimConfig};
 use polybook::store::{NoSink, StoreConfig};
 use polybook::{BookStore, Size, StoreCounters};
@@ -15,16 +15,10 @@ fn replay(lines: &[String]) -> StoreCounters {
         TokenMeta { tick_size: None, min_order_size: Size::parse("5").ok(), neg_risk: Some(false) };
     let config = StoreConfig { auto_track: true, default_meta: meta, ..StoreConfig::default() };
     let mut store = BookStore::new(config);
-    let mut now = 0;
     for l in lines {
-        let Some(c) = parse_line(l) else { continue };
-        now = c.recv_ns.unwrap_or(0) / 1_000_000;
-        store.set_now_ms(now);
-        store.settle(now, &mut NoSink);
-        store.apply_frame(c.frame, &mut NoSink);
+        apply_capture_line(&mut store, l, &mut NoSink);
     }
-    store.settle(now + 3_600_000, &mut NoSink);
-    store.settle(now + 7_200_000, &mut NoSink);
+    settle_at_end(&mut store, &mut NoSink);
     store.counters().clone()
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 
 use polybook::book::TokenMeta;
-use polybook::capture::{classify_line, parse_line, LineCounts, LineError};
+use polybook::capture::{apply_capture_line, classify_line, settle_at_end, LineCounts, LineError};
 use polybook::store::{NoSink, StoreCounters};
 use polybook::view::BookView;
 use polybook::{BookStore, StoreConfig};
@@ -107,7 +107,6 @@ pub fn replay(
         StoreConfig { verify_hash, auto_track: true, default_meta: meta, ..StoreConfig::default() };
     let mut store = BookStore::new(config);
     let mut stats = ReplayStats::default();
-    let mut now_ms = 0;
     let mut counts = LineCounts::default();
     for_each_line(input, &mut counts, |n, line| {
         let line = match line {
@@ -118,15 +117,11 @@ pub fn replay(
                 return writeln!(errors, "line {n}: {}: {e}", e.as_str());
             }
         };
-        let Some(parsed) = parse_line(line) else { return Ok(()) };
-        stats.lines += 1;
         // The receive time drives the burst-aware checks (run ends by quiet, windows).
-        if let Some(ns) = parsed.recv_ns {
-            now_ms = ns / 1_000_000;
-            store.set_now_ms(now_ms);
-            store.settle(now_ms, &mut NoSink);
-        }
-        let report = store.apply_frame(parsed.frame, &mut NoSink);
+        let Some(report) = apply_capture_line(&mut store, line, &mut NoSink) else {
+            return Ok(());
+        };
+        stats.lines += 1;
         if !report.errors.is_empty() {
             stats.bad_lines += 1;
             for e in &report.errors {
@@ -135,18 +130,11 @@ pub fn replay(
         }
         Ok(())
     })?;
-    settle_at_end(&mut store, now_ms);
+    settle_at_end(&mut store, &mut NoSink);
     stats.line_errors = counts;
     stats.books = store.len();
     stats.store = store.counters().clone();
     Ok((store, stats))
-}
-
-/// The input ended: every open claim is judged (runs end, then windows pass).
-fn settle_at_end(store: &mut BookStore, now_ms: u64) {
-    let end = now_ms.saturating_add(3_600_000);
-    store.settle(end, &mut NoSink);
-    store.settle(end.saturating_add(3_600_000), &mut NoSink);
 }
 
 /// `{"books": {TOKEN_ID: BOOK, ...}, "stats": {...}}`, books ordered by token id.

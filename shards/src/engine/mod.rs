@@ -161,21 +161,19 @@ impl EngineBuilder {
     }
 }
 
-/// The store settings the engine runs with (also written into recordings' use by replay).
+/// The store settings the engine runs with; the same settings head every recording, so one
+/// mapping (`RecordingSettings::store_config`) serves the engine and replay.
 pub fn store_config(cfg: &ValidConfig) -> StoreConfig {
     let i = &cfg.integrity;
-    StoreConfig {
+    polybook::capture::RecordingSettings {
         verify_hash: i.verify_hash,
         failed_checks_max: i.failed_checks_max,
-        window: polybook::checks::CheckWindow {
-            states_after_run_max: i.check_states_after_run_max,
-            run_quiet_ms: i.run_quiet_ms,
-            window_ms: i.check_window_ms,
-            ..polybook::checks::CheckWindow::default()
-        },
+        states_after_run_max: i.check_states_after_run_max,
+        run_quiet_ms: i.run_quiet_ms,
+        window_ms: i.check_window_ms,
         divergence_ms_min: i.divergence_ms_min,
-        ..StoreConfig::default()
     }
+    .store_config()
 }
 
 /// Starts the engine: data shards first, then the control shard (which binds the API and
