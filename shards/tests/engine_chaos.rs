@@ -83,6 +83,7 @@ fn chaos(dynamic_subscribe: bool, seed: u64) {
         seed,
         markets: 80,
         rate: 600.0,
+        real_shape: exact_shape(),
         random_faults: Some(RandomFaults { seed, per_minute: 150.0 }),
         ..SimServerConfig::default()
     })

@@ -144,6 +144,7 @@ fn stream_clients_hold_the_engines_books_after_venue_faults() {
         seed: 71,
         markets: 120,
         rate: 500.0,
+        real_shape: exact_shape(),
         random_faults: Some(RandomFaults { seed: 71, per_minute: 120.0 }),
         ..SimServerConfig::default()
     })
