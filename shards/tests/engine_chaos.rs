@@ -170,16 +170,18 @@ fn skipped_update_is_detected_by_hash_and_repaired_by_resync() {
     assert_eq!(total(&before, "hash_mismatches"), 0);
     // Every connection silently loses its next 3 data frames: books are now wrong.
     assert_eq!(post(&format!("{base}/sim/fault"), r#"{"kind":"skip","count":3}"#), 200);
-    let s = wait_for("detection and resync", Duration::from_secs(30), || {
+    // Detected: a divergent verdict marks the book suspect. It is then repaired either by a
+    // resync (the divergence persists) or first by the venue's own next `book` for the token
+    // (real-shaped traffic sends one after every trade); both end equal to the truth below.
+    wait_for("detection", Duration::from_secs(30), || {
         let s = stats(&engine);
-        let (m, r) = (total(&s, "hash_mismatches"), total(&s, "resyncs"));
-        if m >= 1 && r >= 1 {
+        let (m, suspect) = (total(&s, "hash_mismatches"), total(&s, "books_marked_suspect"));
+        if m >= 1 && suspect >= 1 {
             Ok(s)
         } else {
             Err(s["totals"].to_string())
         }
     });
-    assert!(total(&s, "books_marked_resyncing") >= 1, "{}", s["totals"]);
     wait_for("time in Suspect/Resyncing accounted", Duration::from_secs(30), || {
         let s = stats(&engine);
         let ms = total(&s, "suspect_ms_total") + total(&s, "resyncing_ms_total");
