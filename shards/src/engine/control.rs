@@ -290,11 +290,7 @@ impl StreamControl for Streams {
 
 async fn hub_loop(live: Rc<Streams>, streams: flume::Receiver<StreamMsg>) {
     loop {
-        let msg = future::or(async { streams.recv_async().await.ok() }, async {
-            live.stopping.wait().await;
-            None
-        })
-        .await;
+        let msg = recv_or_stop(&streams, &live.stopping).await;
         let Some(msg) = msg else { return };
         live.hub.borrow_mut().deliver(&msg);
         // Deliver what else is queued without yielding per message.
@@ -703,11 +699,7 @@ async fn send_commands(control: &ControlRef, cmds: ShardCommands) {
 
 async fn report_loop(control: ControlRef, reports: flume::Receiver<Report>, stopping: Shutdown) {
     loop {
-        let r = future::or(async { reports.recv_async().await.ok() }, async {
-            stopping.wait().await;
-            None
-        })
-        .await;
+        let r = recv_or_stop(&reports, &stopping).await;
         let Some(r) = r else { return };
         let mut c = control.borrow_mut();
         match r {
@@ -724,6 +716,15 @@ async fn report_loop(control: ControlRef, reports: flume::Receiver<Report>, stop
             }
         }
     }
+}
+
+/// The next message, or None once `stopping` fires or every sender is gone.
+async fn recv_or_stop<T>(rx: &flume::Receiver<T>, stopping: &Shutdown) -> Option<T> {
+    future::or(async { rx.recv_async().await.ok() }, async {
+        stopping.wait().await;
+        None
+    })
+    .await
 }
 
 /// Least time between two discovery runs, whatever wakes it.
@@ -1236,11 +1237,7 @@ async fn stats_in_loop(
     stopping: Shutdown,
 ) {
     loop {
-        let next = future::or(async { stats_in.recv_async().await.ok() }, async {
-            stopping.wait().await;
-            None
-        })
-        .await;
+        let next = recv_or_stop(&stats_in, &stopping).await;
         let Some(st) = next else { return };
         let mut c = control.borrow_mut();
         if let Some(slot) = c.shard_stats.get_mut(st.shard) {

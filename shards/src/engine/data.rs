@@ -246,6 +246,20 @@ struct Shard {
 
 type ShardRef = Rc<RefCell<Shard>>;
 
+impl Shard {
+    /// The store and a sink over the rest of the shard (handler, stream tap, status clock),
+    /// borrowed apart so every store call that changes books reports to all of them.
+    fn store_and_sink(&mut self) -> (&mut BookStore, ShardSink<'_>) {
+        let sink = ShardSink {
+            resync: Vec::new(),
+            handler: self.handler.as_deref_mut(),
+            tap: &mut self.tap,
+            clock: &mut self.clock,
+        };
+        (&mut self.store, sink)
+    }
+}
+
 /// Runs a data shard on the current executor until it receives `Command::Shutdown` (or the
 /// command channel closes).
 pub async fn run(
@@ -394,17 +408,12 @@ async fn settle_loop(shard: ShardRef, stop: Shutdown) {
         future::or(glommio::timer::sleep(SETTLE_EVERY), stop.wait()).await;
         let mut s = shard.borrow_mut();
         let s = &mut *s;
-        let mut sink = ShardSink {
-            resync: Vec::new(),
-            handler: s.handler.as_deref_mut(),
-            tap: &mut s.tap,
-            clock: &mut s.clock,
-        };
         let now = wall_ms();
         if let Some(r) = s.recorder.as_mut() {
             r.settle(now);
         }
-        s.store.settle(now, &mut sink);
+        let (store, mut sink) = s.store_and_sink();
+        store.settle(now, &mut sink);
         let tokens = sink.resync;
         if tokens.is_empty() {
             continue;
@@ -807,13 +816,8 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
                 if let Some(r) = s.recorder.as_mut() {
                     r.frame(recv_ns, feed, text);
                 }
-                let mut sink = ShardSink {
-                    resync: Vec::new(),
-                    handler: s.handler.as_deref_mut(),
-                    tap: &mut s.tap,
-                    clock: &mut s.clock,
-                };
-                let report = s.store.apply_frame_from(FeedId(feed), text, &mut sink);
+                let (store, mut sink) = s.store_and_sink();
+                let report = store.apply_frame_from(FeedId(feed), text, &mut sink);
                 let resync_tokens = sink.resync;
                 if !report.errors.is_empty() {
                     tracing::debug!(conn = conn_id, errors = ?report.errors, "frame errors");
@@ -844,17 +848,13 @@ async fn run_socket(shard: &ShardRef, conn_id: u32, ws: ClientWs) -> bool {
         let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
         r.lost(feed, &ids);
     }
-    let mut sink = ShardSink {
-        resync: Vec::new(),
-        handler: s.handler.as_deref_mut(),
-        tap: &mut s.tap,
-        clock: &mut s.clock,
-    };
+    let (store, mut sink) = s.store_and_sink();
     for t in &tokens {
-        s.store.feed_lost(t.as_str(), FeedId(feed), &mut sink);
+        store.feed_lost(t.as_str(), FeedId(feed), &mut sink);
     }
     // These books resync because their socket ended, not because a check failed.
-    s.counters.resyncs_connection_lost += sink.resync.len() as u64;
+    let lost = sink.resync.len() as u64;
+    s.counters.resyncs_connection_lost += lost;
     if let Some(conn) = s.conns.get_mut(&conn_id) {
         conn.sockets.retain(|sock| sock.feed != feed);
         conn.state = if conn.sockets.is_empty() { "closed" } else { "open" };
@@ -1076,16 +1076,11 @@ fn mark_stale_if_silent(s: &mut Shard, conn_id: u32, feed: u32, now: Instant) {
         return;
     }
     sock.stale = true;
-    let mut sink = ShardSink {
-        resync: Vec::new(),
-        handler: s.handler.as_deref_mut(),
-        tap: &mut s.tap,
-        clock: &mut s.clock,
-    };
     if let Some(r) = s.recorder.as_mut() {
         r.stale(feed);
     }
-    let n = s.store.mark_feed_stale(FeedId(feed), &mut sink);
+    let (store, mut sink) = s.store_and_sink();
+    let n = store.mark_feed_stale(FeedId(feed), &mut sink);
     if n > 0 {
         tracing::warn!(conn = conn_id, feed, books = n, "no data: books stale");
     }
@@ -1099,18 +1094,13 @@ fn resync_stale_books(s: &mut Shard, conn_id: u32, feed: u32) {
     if stale.is_empty() {
         return;
     }
-    let mut sink = ShardSink {
-        resync: Vec::new(),
-        handler: s.handler.as_deref_mut(),
-        tap: &mut s.tap,
-        clock: &mut s.clock,
-    };
     if let Some(r) = s.recorder.as_mut() {
         let ids: Vec<&str> = stale.iter().map(TokenId::as_str).collect();
         r.resync(&ids);
     }
+    let (store, mut sink) = s.store_and_sink();
     for t in &stale {
-        s.store.mark_resyncing(t.as_str(), &mut sink);
+        store.mark_resyncing(t.as_str(), &mut sink);
     }
     let tokens = sink.resync;
     tracing::info!(conn = conn_id, feed, books = tokens.len(), "data again: resyncing stale books");
