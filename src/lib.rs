@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`decimal`]: `Price`/`Size`, exact parse and canonical format.
-//! - [`ids`]: `TokenId`, `MarketId`.
+//! - [`ids`]: `TokenId`, `MarketId`; typed `ShardId`, `ConnId`, `SocketId`, `ClientId`.
+//! - [`market`]: `MarketSpec`, what a shard is told to carry.
 //! - [`protocol`]: market-channel frames decoded zero-copy; subscribe frames encoded.
 //! - [`book`]: one token's book, its status, and the venue's SHA-1 book hash.
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
@@ -25,6 +26,7 @@ pub mod capture;
 pub mod checks;
 pub mod decimal;
 pub mod ids;
+pub mod market;
 pub mod policy;
 pub mod protocol;
 pub mod registry;
@@ -35,6 +37,7 @@ pub mod view;
 
 pub use book::{Book, BookStatus};
 pub use decimal::{DecimalError, Price, Size};
-pub use ids::{MarketId, TokenId};
+pub use ids::{ClientId, ConnId, MarketId, ShardId, SocketId, TokenId};
+pub use market::MarketSpec;
 pub use protocol::{Level, MarketEvent, Side};
 pub use store::{BookStore, BookUpdate, StoreConfig, StoreCounters};

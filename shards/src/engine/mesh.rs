@@ -2,17 +2,10 @@
 //! send [`Report`]s to control. Both travel on bounded flume channels and the sender waits for
 //! room, so nothing is ever dropped; a late message only delays (documented per variant).
 
-use polybook::book::TokenMeta;
 use polybook::store::{NewMarketHint, StoreCounters};
 use polybook::{MarketId, TokenId};
 
-/// A market a data shard should carry: both tokens and the parameters the hash needs.
-#[derive(Debug, Clone)]
-pub struct MarketSpec {
-    pub market: MarketId,
-    pub tokens: Vec<TokenId>,
-    pub meta: TokenMeta,
-}
+pub use polybook::market::MarketSpec;
 
 /// A reply channel for a query; the answer is sent once.
 pub type Reply<T> = flume::Sender<T>;
