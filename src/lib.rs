@@ -24,6 +24,7 @@
 pub mod book;
 pub mod capture;
 pub mod checks;
+pub mod conn;
 pub mod decimal;
 pub mod ids;
 pub mod market;

@@ -150,3 +150,39 @@ pub fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
+
+/// The connection group's store calls, recorded so that replay repeats them.
+impl polybook::conn::Journal for Recorder {
+    fn track(&mut self, spec: &polybook::MarketSpec) {
+        let ids: Vec<&str> = spec.tokens.iter().map(polybook::TokenId::as_str).collect();
+        Recorder::track(self, spec.market.as_str(), &spec.meta, &ids);
+    }
+    fn untrack(&mut self, market: &polybook::MarketId, tokens: &[polybook::TokenId]) {
+        Recorder::untrack(self, market.as_str(), &ids(tokens));
+    }
+    fn assign(&mut self, socket: polybook::SocketId, tokens: &[polybook::TokenId]) {
+        Recorder::assign(self, socket.0, &ids(tokens));
+    }
+    fn lost(&mut self, socket: polybook::SocketId, tokens: &[polybook::TokenId]) {
+        Recorder::lost(self, socket.0, &ids(tokens));
+    }
+    fn settle(&mut self, now_ms: u64) {
+        Recorder::settle(self, now_ms);
+    }
+    fn stale(&mut self, socket: polybook::SocketId) {
+        Recorder::stale(self, socket.0);
+    }
+    fn resync(&mut self, tokens: &[polybook::TokenId]) {
+        Recorder::resync(self, &ids(tokens));
+    }
+    fn frame(&mut self, recv_ns: u64, socket: polybook::SocketId, text: &str) {
+        Recorder::frame(self, recv_ns, socket.0, text);
+    }
+    fn flush(&mut self) {
+        Recorder::flush(self);
+    }
+}
+
+fn ids(tokens: &[polybook::TokenId]) -> Vec<&str> {
+    tokens.iter().map(polybook::TokenId::as_str).collect()
+}

@@ -1,0 +1,396 @@
+//! A data shard: one glommio executor running its [`ConnGroup`] — the shard's books and
+//! connections as a sans-IO state machine in the core — and the I/O it asks for. This shell
+//! turns socket events, commands and the passing time into calls on the group, and the group's
+//! [`Action`]s into sockets opened, frames written and sockets closed. Frames are parsed and
+//! applied on the task that read them: no internal queue, nothing to drop; backpressure is the
+//! TCP socket.
+//!
+//! Tasks: the command loop, one timer (sleeps until [`ConnGroup::next_wake`]), one stats loop,
+//! and per socket a connect-then-read task and a writer. They share the shell through one
+//! `Rc<RefCell<_>>`; every borrow is taken and released inside one synchronous step, never
+//! across an `.await` (clippy denies it) and never around a call that could re-enter.
+
+mod socket;
+mod stats;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use hashbrown::HashMap;
+use hdrhistogram::Histogram;
+use polybook::conn::{Action, ConnConfig, ConnGroup, Note};
+use polybook::policy::Backoff;
+use polybook::store::{BookUpdate, UpdateSink};
+use polybook::view::{Freshness, ServedBook};
+use polybook::{ConnId, ShardId, SocketId, StoreConfig};
+
+use super::mesh::{Command, Report, ShardStats};
+use super::record::Recorder;
+use super::stream::{StreamMsg, StreamTap};
+use crate::net::{ConnectOptions, Message, Shutdown};
+
+pub use stats::STATS_EVERY;
+
+/// How a data shard connects and watches its connections.
+#[derive(Clone)]
+pub struct DataShardConfig {
+    pub shard: usize,
+    pub ws_url: String,
+    pub connect: ConnectOptions,
+    pub tokens_per_conn_target: usize,
+    pub ids_per_frame_max: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub data_silence: Duration,
+    pub first_book_timeout: Duration,
+    pub backoff: Backoff,
+    pub dynamic_subscribe: bool,
+    pub custom_features: bool,
+    /// Longest a recycle waits for the new socket to take every book over.
+    pub handoff_timeout: Duration,
+    pub store: StoreConfig,
+    pub handler: Option<HandlerFactory>,
+    /// Record every raw frame and feed decision here (`--record DIR`).
+    pub record_dir: Option<std::path::PathBuf>,
+    /// A socket with no data frame for this long marks its Live books Stale.
+    pub stale_after: Duration,
+}
+
+impl DataShardConfig {
+    /// The core's view of this configuration.
+    pub fn conn_config(&self) -> ConnConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut c = ConnConfig::new(ShardId(self.shard as u16));
+        c.tokens_per_conn_target = self.tokens_per_conn_target;
+        c.ids_per_frame_max = self.ids_per_frame_max;
+        c.ping_interval_ms = ms(self.ping_interval);
+        c.pong_timeout_ms = ms(self.pong_timeout);
+        c.data_silence_ms = ms(self.data_silence);
+        c.first_book_timeout_ms = ms(self.first_book_timeout);
+        c.backoff = self.backoff;
+        c.dynamic_subscribe = self.dynamic_subscribe;
+        c.custom_features = self.custom_features;
+        c.handoff_timeout_ms = ms(self.handoff_timeout);
+        // The connect itself gives up at its own timeout; this is the backstop.
+        c.open_timeout_ms = ms(self.connect.connect_timeout) + ms(self.connect.io_timeout) + 1_000;
+        c.stale_after_ms = ms(self.stale_after);
+        c
+    }
+}
+
+impl std::fmt::Debug for dyn BookHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BookHandler")
+    }
+}
+
+/// `/ws` subscribe snapshots serialised before the shard lets its sockets run again.
+const STREAM_SNAPSHOTS_PER_SLICE: usize = 64;
+
+/// A user callback run on the data shard that owns the book, right after each change is
+/// applied, with the book itself (no copy, no lock). Keep it short: it runs on the hot path.
+pub trait BookHandler {
+    fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book);
+}
+
+/// Makes one handler per data shard, on that shard's thread (handlers need not be `Send`).
+pub type HandlerFactory = std::sync::Arc<dyn Fn(usize) -> Box<dyn BookHandler> + Send + Sync>;
+
+/// Where every change goes after the group applied it: the user's handler and the `/ws` tap.
+struct Outputs {
+    handler: Option<Box<dyn BookHandler>>,
+    tap: StreamTap,
+}
+
+impl UpdateSink for Outputs {
+    fn on_update(&mut self, update: &BookUpdate, book: &polybook::Book) {
+        if let Some(h) = self.handler.as_mut() {
+            h.on_update(update, book);
+        }
+        if !self.tap.is_empty() {
+            self.tap.on_update(update, book);
+        }
+    }
+}
+
+/// An open socket's handles: its writer's queue and the signal that ends its reader.
+struct SocketIo {
+    out: flume::Sender<Message>,
+    kill: Shutdown,
+}
+
+struct Shell {
+    shard: usize,
+    group: ConnGroup,
+    outputs: Outputs,
+    sockets: HashMap<SocketId, SocketIo>,
+    /// Opens in flight; triggering one abandons it.
+    connecting: HashMap<SocketId, Shutdown>,
+    ws_url: String,
+    connect: ConnectOptions,
+    clock: Clock,
+    hist: Option<Histogram<u64>>,
+    reports: flume::Sender<Report>,
+    /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
+    pending_reports: std::collections::VecDeque<Report>,
+    /// Scratch for the group's actions, reused.
+    actions: Vec<Action>,
+}
+
+type ShellRef = Rc<RefCell<Shell>>;
+
+/// Unix time that never runs backwards: the wall clock read once at start plus a monotonic
+/// clock. The store stamps books with it and the group's timers run on it.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    wall_ns: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock { wall_ns: super::record::now_ns(), start: Instant::now() }
+    }
+    fn now_ns(&self) -> u64 {
+        self.wall_ns + self.start.elapsed().as_nanos() as u64
+    }
+    fn now_ms(&self) -> u64 {
+        self.now_ns() / 1_000_000
+    }
+}
+
+/// Unix ms from the wall clock.
+pub fn wall_ms() -> u64 {
+    super::record::now_ns() / 1_000_000
+}
+
+/// Runs a data shard on the current executor until it receives `Command::Shutdown` (or the
+/// command channel closes).
+pub async fn run(
+    cfg: DataShardConfig,
+    commands: flume::Receiver<Command>,
+    reports: flume::Sender<Report>,
+    streams: flume::Sender<StreamMsg>,
+    stats_out: flume::Sender<ShardStats>,
+) {
+    let shard_id = cfg.shard;
+    let mut group = ConnGroup::new(cfg.conn_config(), cfg.store.clone());
+    if let Some(dir) = cfg.record_dir.as_deref() {
+        let settings = polybook::capture::RecordingSettings::of(&cfg.store);
+        match Recorder::open(dir, shard_id, &settings) {
+            Ok(r) => group.set_journal(Box::new(r)),
+            Err(e) => {
+                tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without")
+            }
+        }
+    }
+    let shell = Rc::new(RefCell::new(Shell {
+        shard: shard_id,
+        group,
+        outputs: Outputs {
+            handler: cfg.handler.as_ref().map(|make| make(shard_id)),
+            tap: StreamTap::new(streams),
+        },
+        sockets: HashMap::new(),
+        connecting: HashMap::new(),
+        ws_url: cfg.ws_url.clone(),
+        connect: cfg.connect.clone(),
+        clock: Clock::new(),
+        // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
+        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).ok(),
+        reports,
+        pending_reports: std::collections::VecDeque::new(),
+        actions: Vec::new(),
+    }));
+    let stopping = Shutdown::new();
+    glommio::spawn_local(timer_loop(Rc::clone(&shell), stopping.clone())).detach();
+    glommio::spawn_local(stats::stats_loop(Rc::clone(&shell), stats_out, stopping.clone()))
+        .detach();
+    while let Ok(cmd) = commands.recv_async().await {
+        match cmd {
+            Command::Track(specs) => step(&shell, |s, now, _, out| s.track(specs, now, out)),
+            Command::Untrack(markets) => {
+                let dropped = step(&shell, |s, now, _, out| s.untrack(&markets, now, out));
+                let mut sh = shell.borrow_mut();
+                for t in &dropped {
+                    sh.outputs.tap.untracked(t);
+                }
+            }
+            Command::Recycle { conn, reply } => {
+                let conn = ConnId::from_raw(conn);
+                let started = step(&shell, |s, now, _, out| s.recycle(conn, now, out));
+                if let Some(reply) = reply {
+                    let _ = reply.send(started);
+                }
+            }
+            Command::GetBook { token, depth, reply } => {
+                let json = {
+                    let sh = shell.borrow();
+                    let now_ms = sh.clock.now_ms();
+                    sh.group.store().get(token.as_str()).map(|book| {
+                        let fresh = Freshness {
+                            now_ms,
+                            feed_silent_ms: sh.group.feed_silent_ms(book, now_ms),
+                        };
+                        ServedBook { book, depth, fresh }.to_json()
+                    })
+                };
+                let _ = reply.send(json);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(stats::stats(&shell.borrow()));
+            }
+            Command::Stream { client, tokens, depth, on } => {
+                // Snapshots are serialised a slice at a time so that a client subscribing to
+                // thousands of books does not hold the feed up.
+                for part in tokens.chunks(STREAM_SNAPSHOTS_PER_SLICE) {
+                    {
+                        let mut sh = shell.borrow_mut();
+                        let Shell { group, outputs, .. } = &mut *sh;
+                        for t in part {
+                            if !on {
+                                outputs.tap.unsubscribe(t.as_str());
+                            } else if let Some(book) = group.store().get(t.as_str()) {
+                                outputs.tap.subscribe(book, client, depth);
+                            }
+                        }
+                    }
+                    glommio::yield_if_needed().await;
+                }
+            }
+            Command::Shutdown => break,
+        }
+    }
+    stopping.trigger();
+    // The recording ends with the books as they are now: sockets closing below are shutdown,
+    // not venue events, and must not mark the replayed books Resyncing.
+    step(&shell, |s, _, _, out| s.shutdown(out));
+    tracing::info!(shard = shard_id, "data shard stopped");
+}
+
+/// Runs one synchronous step of the group with the shell's clock and sink, then carries out
+/// the actions it asked for. The borrow ends before this returns.
+fn step<T>(
+    shell: &ShellRef,
+    f: impl FnOnce(&mut ConnGroup, u64, &mut Outputs, &mut Vec<Action>) -> T,
+) -> T {
+    let mut sh = shell.borrow_mut();
+    let now = sh.clock.now_ms();
+    let mut actions = std::mem::take(&mut sh.actions);
+    let Shell { group, outputs, .. } = &mut *sh;
+    let r = f(group, now, outputs, &mut actions);
+    carry_out(shell, &mut sh, &mut actions);
+    sh.actions = actions;
+    r
+}
+
+/// Carries out the group's actions: they only queue writes, fire signals and spawn tasks, so
+/// nothing here runs another step while the shell is borrowed.
+fn carry_out(shell: &ShellRef, sh: &mut Shell, actions: &mut Vec<Action>) {
+    for action in actions.drain(..) {
+        match action {
+            Action::Open { conn, socket } => {
+                let cancel = Shutdown::new();
+                sh.connecting.insert(socket, cancel.clone());
+                let url = sh.ws_url.clone();
+                let opts = sh.connect.clone();
+                glommio::spawn_local(socket::socket_task(
+                    Rc::clone(shell),
+                    conn,
+                    socket,
+                    url,
+                    opts,
+                    cancel,
+                ))
+                .detach();
+            }
+            Action::Send { socket, frames } => {
+                if let Some(io) = sh.sockets.get(&socket) {
+                    for f in frames {
+                        let _ = io.out.send(Message::text(f));
+                    }
+                }
+            }
+            Action::Close { socket } => {
+                if let Some(io) = sh.sockets.remove(&socket) {
+                    io.kill.trigger();
+                }
+                if let Some(cancel) = sh.connecting.remove(&socket) {
+                    cancel.trigger();
+                }
+            }
+            Action::NewMarkets(hints) => {
+                sh.pending_reports.push_back(Report::NewMarkets { shard: sh.shard, hints })
+            }
+            Action::Resolved(market) => {
+                sh.pending_reports.push_back(Report::Resolved { shard: sh.shard, market })
+            }
+            Action::Note(note) => log_note(sh.shard, &note),
+        }
+    }
+    flush_reports(sh);
+}
+
+fn log_note(shard: usize, note: &Note) {
+    match note {
+        Note::ConnectFailed { conn, retry_in_ms, .. } => {
+            tracing::warn!(shard, conn = %conn, retry_in_ms, "connect failed")
+        }
+        Note::Reconnecting { conn, socket, retry_in_ms } => {
+            tracing::info!(shard, conn = %conn, feed = %socket, retry_in_ms, "socket ended; reconnecting")
+        }
+        Note::WatchdogEnded { conn, socket, verdict } => {
+            tracing::warn!(shard, conn = %conn, feed = %socket, ?verdict, "watchdog ends the connection")
+        }
+        Note::BooksStale { conn, socket, books } => {
+            tracing::warn!(shard, conn = %conn, feed = %socket, books, "no data: books stale")
+        }
+        Note::StaleBooksResync { conn, socket, books } => {
+            tracing::info!(shard, conn = %conn, feed = %socket, books, "data again: resyncing stale books")
+        }
+        Note::Resync { conn, books, .. } => {
+            tracing::warn!(shard, conn = %conn, books, "resyncing books")
+        }
+        Note::RecycleDone { conn, moved, left } => {
+            tracing::info!(shard, conn = %conn, moved, left, "recycle done")
+        }
+        Note::RecycleFailed { conn, why } => {
+            tracing::warn!(shard, conn = %conn, why, "recycle failed")
+        }
+    }
+}
+
+/// Hands queued reports to control while its channel has room; the rest wait for the next try.
+fn flush_reports(sh: &mut Shell) {
+    while let Some(r) = sh.pending_reports.pop_front() {
+        match sh.reports.try_send(r) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(r)) => {
+                sh.pending_reports.push_front(r);
+                break;
+            }
+            Err(flume::TrySendError::Disconnected(_)) => {
+                sh.pending_reports.clear();
+                break;
+            }
+        }
+    }
+}
+
+/// Sleeps until the group has something due, then lets it act.
+async fn timer_loop(shell: ShellRef, stop: Shutdown) {
+    while !stop.is_triggered() {
+        let wait = {
+            let sh = shell.borrow();
+            let now = sh.clock.now_ms();
+            sh.group.next_wake().saturating_sub(now).max(1)
+        };
+        future::or(glommio::timer::sleep(Duration::from_millis(wait)), stop.wait()).await;
+        if stop.is_triggered() {
+            break;
+        }
+        step(&shell, |g, now, outputs, out| g.tick(now, outputs, out));
+    }
+}
