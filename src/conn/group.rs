@@ -149,6 +149,11 @@ impl ConnGroup {
         markets.iter().filter_map(|m| self.markets.get(m.as_str())).flatten().cloned().collect()
     }
 
+    /// The slot that carries `market`.
+    pub fn slot_of_market(&self, market: &str) -> Option<ConnId> {
+        self.conn_of_market(market)
+    }
+
     fn conn_of_market(&self, market: &str) -> Option<ConnId> {
         self.table.conn_of(market).map(ConnId::from_raw)
     }
@@ -213,6 +218,7 @@ impl ConnGroup {
                     reconnects: 0,
                     created_at_ms: now_ms,
                     resubscribe_pending: false,
+                    resubscribe_at_ms: None,
                 },
             );
         }
@@ -614,7 +620,22 @@ impl ConnGroup {
             self.slots.get_mut(&conn).is_some_and(|s| std::mem::take(&mut s.resubscribe_pending));
         if again {
             self.recycle(conn, now_ms, out);
+        } else if !ok && !self.cfg.dynamic_subscribe && self.unsubscribed_tokens(conn) {
+            // Without dynamic subscribe only a recycle subscribes new markets: a failed one is
+            // tried again after a backoff, or those markets would never be subscribed.
+            let r = self.next_random();
+            let delay = self.cfg.backoff.delay_ms(1, r);
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.resubscribe_at_ms = Some(now_ms + delay);
+            }
         }
+    }
+
+    /// Whether the slot carries tokens its open socket is not subscribed to.
+    pub(super) fn unsubscribed_tokens(&self, conn: ConnId) -> bool {
+        let Some(socket) = self.slots.get(&conn).and_then(Slot::newest_open) else { return false };
+        let Some(sock) = self.sockets.get(&socket) else { return false };
+        self.tokens_of(conn).iter().any(|t| !sock.subscribed.contains(t.as_str()))
     }
 
     /// The socket ended on its own (venue close, error, end of stream).
@@ -769,6 +790,13 @@ impl ConnGroup {
         if !self.cfg.dynamic_subscribe {
             self.end_socket(socket, now_ms, sink, out);
             return;
+        }
+        // The fresh `book` is awaited like a first one: if it never comes (the venue lost
+        // it), the redrive asks again instead of leaving the book Resyncing for good.
+        if let Some(sock) = self.sockets.get_mut(&socket) {
+            for t in tokens {
+                sock.awaiting.insert(t.clone(), (now_ms, 0));
+            }
         }
         let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
         let custom = self.cfg.custom_features;

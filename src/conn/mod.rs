@@ -13,6 +13,7 @@
 //! books and the store's integrity settling all run from [`ConnGroup::tick`], which the runtime
 //! calls at [`ConnGroup::next_wake`].
 
+mod check;
 mod group;
 mod slot;
 mod tally;

@@ -63,6 +63,9 @@ pub(super) struct Slot {
     /// Without dynamic subscribe: markets were added while a recycle ran, so another recycle
     /// must follow to subscribe them.
     pub resubscribe_pending: bool,
+    /// Without dynamic subscribe: a recycle meant to subscribe new markets failed; the next
+    /// one starts then.
+    pub resubscribe_at_ms: Option<u64>,
 }
 
 impl Slot {

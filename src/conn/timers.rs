@@ -1,6 +1,7 @@
 //! The group's time-driven decisions: reconnects after backoff, recycle deadlines, PING,
 //! watchdog verdicts, stale books, redrives of late first books, integrity settling.
 
+use crate::book::BookStatus;
 use crate::ids::{ConnId, SocketId, TokenId};
 use crate::policy::{judge, Verdict, WatchdogLimits};
 use crate::protocol::encode::{subscribe_frames, SubscribeOp};
@@ -18,6 +19,9 @@ impl ConnGroup {
         let c = &self.cfg;
         let mut wake = self.last_settle_ms + c.settle_every_ms;
         for slot in self.slots.values() {
+            if let Some(at) = slot.resubscribe_at_ms {
+                wake = wake.min(at);
+            }
             match &slot.phase {
                 Phase::Backoff { until_ms } => wake = wake.min(*until_ms),
                 Phase::Recycling(h) => wake = wake.min(h.deadline_ms),
@@ -72,6 +76,23 @@ impl ConnGroup {
     fn slot_timers<S: UpdateSink>(&mut self, now_ms: u64, sink: &mut S, out: &mut Vec<Action>) {
         let conns: Vec<ConnId> = self.slots.keys().copied().collect();
         for conn in conns {
+            let resubscribe = self
+                .slots
+                .get(&conn)
+                .and_then(|s| s.resubscribe_at_ms)
+                .is_some_and(|at| at <= now_ms);
+            if resubscribe {
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.resubscribe_at_ms = None;
+                }
+                // A slot not open now subscribes everything when it reconnects; one recycling
+                // already follows up through `resubscribe_pending`.
+                if self.unsubscribed_tokens(conn) && !self.recycle(conn, now_ms, out) {
+                    if let Some(slot) = self.slots.get_mut(&conn) {
+                        slot.resubscribe_pending |= slot.state() == super::SlotState::Recycling;
+                    }
+                }
+            }
             let (reopen, deadline, new_open) = match self.slots.get(&conn).map(|s| &s.phase) {
                 Some(Phase::Backoff { until_ms }) => (*until_ms <= now_ms, false, false),
                 Some(Phase::Recycling(h)) => (false, h.deadline_ms <= now_ms, h.new_open),
@@ -153,7 +174,13 @@ impl ConnGroup {
         let max = self.cfg.redrives_per_token_max;
         let store = &self.store;
         let Some(sock) = self.sockets.get_mut(&socket) else { return };
-        sock.awaiting.retain(|t, _| store.get(t.as_str()).is_some_and(|b| b.feed() != socket.0));
+        // Waiting ends when this socket's `book` arrived: the book is its own and seeded.
+        sock.awaiting.retain(|t, _| {
+            store.get(t.as_str()).is_some_and(|b| {
+                b.feed() != socket.0
+                    || matches!(b.status(), BookStatus::Seeding | BookStatus::Resyncing)
+            })
+        });
         if !self.cfg.dynamic_subscribe {
             return;
         }

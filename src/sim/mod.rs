@@ -5,12 +5,14 @@
 //! comes from the seed.
 
 pub mod capture;
+pub mod dst;
 pub mod frames;
 pub mod gamma;
 pub mod model;
 pub mod rng;
 pub mod shape;
 pub mod truth;
+pub mod venue;
 
 pub use capture::{capture_lines, capture_lines_yes_only};
 pub use model::{EventKind, SimConfig, SimExchange, SimFrame, SimMarket};
