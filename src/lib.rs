@@ -12,7 +12,8 @@
 //! - [`store`]: one shard's books: applies events, reports changes, counts everything.
 //! - [`checks`]: burst-aware hash and best bid/ask verdicts (claims judged over a window).
 //! - [`policy`]: backoff, watchdog verdicts, market-to-connection placement.
-//! - [`registry`]: which markets a Gamma listing may close (listing sanity).
+//! - [`registry`]: the market registry: selection, lifecycle, expiry, listing sanity, with
+//!   time as an argument and changes per shard as data.
 //! - [`routing`]: `shard_for(market)`, the one hash that places markets on shards.
 //! - [`view`]: the BOOK JSON shape shared by `replay --dump`, the HTTP API and the simulator.
 //! - [`sim`]: the simulated venue: seeded market model, frames byte for byte, Gamma.

@@ -48,6 +48,18 @@ pub struct Selection {
     pub liquidity_min: f64,
 }
 
+impl From<&Selection> for polybook::registry::SelectionRules {
+    fn from(s: &Selection) -> Self {
+        polybook::registry::SelectionRules {
+            condition_ids: s.condition_ids.clone(),
+            slugs: s.slugs.clone(),
+            token_ids: s.token_ids.clone(),
+            volume_min: s.volume_min,
+            liquidity_min: s.liquidity_min,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {

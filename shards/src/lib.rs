@@ -1,6 +1,7 @@
 //! polybook's runtime: the thread-per-core engine on glommio, the simulated exchange's servers
 //! and the command-line tools. Only this crate names glommio.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod net;

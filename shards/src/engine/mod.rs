@@ -250,7 +250,17 @@ fn start_with(
     drop(stats_tx);
     let control_cfg = control::ControlConfig {
         gamma_url: cfg.endpoints.gamma_url.clone(),
-        selection: cfg.selection.clone(),
+        registry: polybook::registry::RegistryConfig {
+            shards: layout.data.len(),
+            selection: (&cfg.selection).into(),
+            listing: polybook::registry::ListingRules {
+                absent_runs_max: cfg.discovery.absent_runs_max,
+                close_pct_max: cfg.discovery.close_pct_max,
+            },
+            resolved_grace_ms: cfg.lifecycle.resolved_grace_ms,
+            expire_after_end_ms: cfg.lifecycle.expire_after_end_ms,
+        },
+        tag_ids: cfg.selection.tag_ids.clone(),
         discovery: discovery::DiscoveryLimits {
             page_limit: cfg.discovery.page_limit,
             requests_per_10s_max: cfg.discovery.requests_per_10s_max,
@@ -260,15 +270,6 @@ fn start_with(
             tls: discovery::gamma_tls_config(cfg.tls_roots()),
         },
         discovery_interval: Duration::from_millis(cfg.discovery.interval_ms),
-        api_listen: cfg.api.listen.clone(),
-        ws_limits: stream::ClientLimits {
-            buffer: cfg.api.ws_client_buffer_max,
-            idle: Duration::from_millis(cfg.api.ws_idle_ms),
-            ping: Duration::from_millis(cfg.api.ws_ping_ms),
-            ops_per_s: cfg.api.ws_ops_per_s_max,
-        },
-        requests_per_s_max: cfg.api.requests_per_s_max,
-        resolved_grace: Duration::from_millis(cfg.lifecycle.resolved_grace_ms),
         progress_interval: Duration::from_millis(cfg.log.progress_interval_ms),
         recycle: polybook::policy::RecycleLimits {
             pollution_pct: cfg.lifecycle.recycle_pollution_pct,
@@ -277,13 +278,19 @@ fn start_with(
             concurrent_max: cfg.lifecycle.recycle_concurrent_max,
         },
         recycle_check: Duration::from_millis(cfg.lifecycle.recycle_check_ms),
-        expire_after_end: Duration::from_millis(cfg.lifecycle.expire_after_end_ms),
-        listing: polybook::registry::ListingRules {
-            absent_runs_max: cfg.discovery.absent_runs_max,
-            close_pct_max: cfg.discovery.close_pct_max,
+    };
+    let api_cfg = crate::api::ApiConfig {
+        listen: cfg.api.listen.clone(),
+        ws_limits: stream::ClientLimits {
+            buffer: cfg.api.ws_client_buffer_max,
+            idle: Duration::from_millis(cfg.api.ws_idle_ms),
+            ping: Duration::from_millis(cfg.api.ws_ping_ms),
+            ops_per_s: cfg.api.ws_ops_per_s_max,
         },
+        requests_per_s_max: cfg.api.requests_per_s_max,
         ready_books_live_pct_min: cfg.api.ready_books_live_pct_min,
-        exposure: control::Exposure {
+        recycles_max: cfg.lifecycle.recycle_concurrent_max,
+        exposure: crate::api::Exposure {
             admin_token: cfg.api.admin_token.clone(),
             allowed_origins: cfg.api.allowed_origins.clone(),
             connections_max: cfg.api.connections_max,
@@ -299,7 +306,16 @@ fn start_with(
         .io_memory(io_memory)
         .spawn(move || {
             supervise::enter(sup);
-            control::run(control_cfg, shards, report_rx, stream_rx, stats_rx, stop_rx, bound_tx)
+            control::run(
+                control_cfg,
+                api_cfg,
+                shards,
+                report_rx,
+                stream_rx,
+                stats_rx,
+                stop_rx,
+                bound_tx,
+            )
         })
         .map_err(|e| EngineError::Executor {
             name: "control".into(),

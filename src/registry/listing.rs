@@ -1,4 +1,4 @@
-//! Registry rules that need no I/O: which markets a Gamma listing may close.
+//! Listing sanity: which markets missing from a Gamma listing may be closed.
 //!
 //! Gamma answers badly now and then: an empty 200 page, or a listing that ends early without
 //! an error. Closing every market missing from one listing turned one bad answer into an
