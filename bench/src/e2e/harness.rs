@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use polybook_shards::config::{Config, DataCores, ValidConfig};
+use polybook_shards::config::{DataCores, ValidConfig};
 use polybook_shards::engine::{self, EngineHandle};
 use polybook_shards::sim_server::{
     spawn_sim_server, RandomFaults, SimServerConfig, SimServerHandle,
@@ -68,20 +68,13 @@ pub(crate) fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// Polls `f` every 100 ms until it returns Some, or fails with its last complaint.
+/// Polls `f` every 100 ms until it returns Ok, or fails with its last complaint.
 pub(crate) fn wait_for<T>(
     what: &str,
     limit: Duration,
-    mut f: impl FnMut() -> Result<T, String>,
+    f: impl FnMut() -> Result<T, String>,
 ) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(last) if start.elapsed() > limit => bail!("timed out waiting for {what}: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    Ok(polybook_testkit::poll_until(what, limit, Duration::from_millis(100), f)?)
 }
 
 pub(crate) fn cpus() -> usize {
@@ -137,10 +130,7 @@ pub(crate) fn placing(shards: usize, sim_cpu: Option<Option<usize>>) -> Placing 
 }
 
 pub(crate) fn engine_config(http_url: &str, ws_url: &str, p: &Placing) -> Result<ValidConfig> {
-    let mut c = Config::default();
-    c.endpoints.gamma_url = http_url.to_owned();
-    c.endpoints.clob_url = http_url.to_owned();
-    c.endpoints.ws_url = ws_url.to_owned();
+    let mut c = polybook_testkit::config_for_sim(http_url, ws_url);
     c.layout.control_core = p.control;
     c.layout.data_cores = DataCores::List(p.data.clone());
     c.connections.tokens_per_conn_target = 400;
@@ -149,10 +139,8 @@ pub(crate) fn engine_config(http_url: &str, ws_url: &str, p: &Placing) -> Result
     c.connections.data_silence_ms = 600_000;
     // One discovery at start; new_market hints still wake it (at most every 2 s).
     c.discovery.interval_ms = 60_000;
-    c.api.listen = "127.0.0.1:0".into();
     // The comparison reads every book over HTTP from one address.
     c.api.requests_per_s_max = 1_000_000;
-    c.log.progress_interval_ms = 0;
     c.validate().map_err(|e| anyhow!("engine config: {e}"))
 }
 
@@ -165,13 +153,7 @@ pub(crate) fn start_engine(cfg: &ValidConfig) -> Result<(EngineHandle, String)> 
 /// Every book the engine has is live or resolved, and it has at least `want` of them.
 pub(crate) fn settled(h: &Http, api: &str, want: u64) -> Result<Value, String> {
     let s = h.get_ok(&format!("{api}/stats")).map_err(|e| e.to_string())?;
-    let t = &s["totals"];
-    let (books, live, resolved) = (u(&t["books"]), u(&t["books_live"]), u(&t["books_resolved"]));
-    if books >= want && live + resolved == books {
-        Ok(s)
-    } else {
-        Err(format!("books {books}, live {live}, resolved {resolved}"))
-    }
+    polybook_testkit::books_settled(&s, want).map(|()| s)
 }
 
 /// Sum of the engine counters that count wire events applied.

@@ -5,6 +5,8 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use polybook_testkit::{compare_book, Compared};
+
 use crate::harness::Http;
 
 #[derive(Debug, Default)]
@@ -37,14 +39,10 @@ pub(crate) struct Tok {
 /// Every simulator token, or an evenly spread sample.
 pub(crate) fn sim_tokens(h: &Http, sim: &str, initial: usize, max: usize) -> Result<Vec<Tok>> {
     let markets = h.get_ok(&format!("{sim}/sim/markets"))?;
-    let mut all = Vec::new();
-    for (i, m) in markets.as_array().into_iter().flatten().enumerate() {
-        let active = m["active"].as_bool().unwrap_or(false);
-        for t in m["tokens"].as_array().into_iter().flatten() {
-            let id = t.as_str().unwrap_or_default().to_owned();
-            all.push(Tok { id, active, initial: i < initial });
-        }
-    }
+    let all: Vec<Tok> = polybook_testkit::sim_tokens(&markets)
+        .into_iter()
+        .map(|t| Tok { id: t.id, active: t.active, initial: t.market_index < initial })
+        .collect();
     if all.len() <= max {
         return Ok(all);
     }
@@ -66,7 +64,8 @@ pub(crate) fn compare_one(h: &Http, sim: &str, api: &str, tok: &Tok, v: &mut Ver
         (Ok((200, t)), Ok(o)) => (t, o),
         (t, o) => return bad(format!("{token}: truth {t:?} ours {o:?}")),
     };
-    if status == 404 && !active {
+    let verdict = compare_book(&truth, status, &ours, active);
+    if verdict == Ok(Compared::SkippedResolved) {
         v.skipped_resolved += 1;
         return;
     }
@@ -74,22 +73,12 @@ pub(crate) fn compare_one(h: &Http, sim: &str, api: &str, tok: &Tok, v: &mut Ver
     for side in ["bids", "asks"] {
         v.levels += truth[side].as_array().map_or(0, Vec::len);
     }
-    if status != 200 {
-        return bad(format!("{token}: engine has no book (HTTP {status})"));
-    }
-    let want = if active { "live" } else { "resolved" };
-    // A paused simulator is a silent venue: after `integrity.stale_after_ms` its live books
-    // honestly say `stale` (levels unchanged).
-    let stale_ok = active && ours["status"] == "stale";
-    if ours["status"] != want && !stale_ok {
-        return bad(format!("{token}: status {} want {want}", ours["status"]));
-    }
-    for key in ["bids", "asks", "tick_size"] {
-        if ours[key] != truth[key] {
-            return bad(format!("{token}: {key} differs"));
-        }
-    }
-    if ours["last_trade"] != truth["last_trade"] {
+    let last_trade_equal = match verdict {
+        Ok(Compared::Equal { last_trade_equal }) => last_trade_equal,
+        Ok(Compared::SkippedResolved) => true,
+        Err(e) => return bad(format!("{token}: {e}")),
+    };
+    if !last_trade_equal {
         v.last_trade_diffs += 1;
         if tok.initial {
             v.last_trade_diffs_initial += 1;
