@@ -37,9 +37,9 @@ pub mod sim;
 pub mod store;
 pub mod view;
 
-pub use book::{Book, BookStatus};
+pub use book::{Book, BookStatus, Level, Side};
 pub use decimal::{DecimalError, Price, Size};
 pub use ids::{ClientId, ConnId, MarketId, ShardId, SocketId, TokenId};
 pub use market::MarketSpec;
-pub use protocol::{Level, MarketEvent, Side};
+pub use protocol::MarketEvent;
 pub use store::{BookStore, BookUpdate, StoreConfig, StoreCounters};

@@ -6,15 +6,17 @@
 use hashbrown::HashMap;
 
 use crate::book::hash::{book_hash, parse_hex};
+use crate::book::Side;
 use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
 use crate::checks::{BookChecks, CheckCounts, CheckWindow, Tally};
 use crate::decimal::{Price, Size};
 use crate::ids::{MarketId, TokenId};
-use crate::protocol::market::{
-    BestBidAskEvent, BookEvent, LastTradePriceEvent, MarketResolvedEvent, NewMarketEvent,
-    PriceChangeEvent, PriceChangeSchema, TickSizeChangeEvent,
+use crate::protocol::decode_frame;
+use crate::protocol::event::{
+    BestBidAskEvent, BookEvent, DecodeError, DecodeErrorKind, FrameKind, LastTradePriceEvent,
+    MarketEvent, MarketResolvedEvent, NewMarketEvent, PriceChangeEvent, PriceChangeSchema,
+    TickSizeChangeEvent,
 };
-use crate::protocol::{decode_frame, DecodeError, DecodeErrorKind, FrameKind, MarketEvent, Side};
 
 /// The connection a frame came from. Each book has exactly one feed whose frames change it;
 /// frames from another connection are ignored and counted. A book's `next_feed` takes over

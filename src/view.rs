@@ -12,8 +12,7 @@ use serde::ser::{SerializeSeq, SerializeStruct, SerializeTuple, Serializer};
 use serde::Serialize;
 
 use crate::book::hash::to_hex;
-use crate::book::Book;
-use crate::protocol::{Level, Side};
+use crate::book::{Book, Level, Side};
 
 /// A book rendered as BOOK JSON, optionally cut to the best `depth` levels per side.
 pub struct BookView<'a> {

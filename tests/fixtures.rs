@@ -3,10 +3,8 @@
 
 use polybook::book::hash::{book_hash, sha1, to_hex, write_hash_input, HashInputs};
 use polybook::book::{Book, LtpText, TokenMeta};
-use polybook::protocol::{
-    decode_frame, DecodeError, FrameKind, Level, MarketEvent, PriceChangeSchema, Side,
-};
-use polybook::{MarketId, Price, Size, TokenId};
+use polybook::protocol::{decode_frame, DecodeError, FrameKind, MarketEvent, PriceChangeSchema};
+use polybook::{Level, MarketId, Price, Side, Size, TokenId};
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/data/polymarket/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -11,10 +11,10 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use polybook::book::hash::{book_hash, to_hex};
-use polybook::book::{Book, BookStatus, LtpText, TokenMeta};
-use polybook::protocol::{decode_frame, FrameKind, Level, Side};
+use polybook::book::{check_ladder, Book, BookStatus, LtpText, TokenMeta};
+use polybook::protocol::{decode_frame, FrameKind};
 use polybook::store::{BookUpdate, StoreConfig};
-use polybook::{BookStore, MarketId, Price, Size, TokenId};
+use polybook::{BookStore, Level, MarketId, Price, Side, Size, TokenId};
 
 /// Real frames used as seeds for the mutation tests.
 const PRICE_CHANGE: &str = include_str!("data/polymarket/ws_price_change_2025-12-23.json");
@@ -74,40 +74,14 @@ fn wire_levels(ladder: &Ladder, side: Side) -> Vec<Level> {
     }
 }
 
-fn is_wire_sorted(levels: &[Level], side: Side) -> bool {
-    levels.iter().all(|l| !l.size.is_zero())
-        && levels.windows(2).all(|w| match side {
-            Side::Buy => w[0].price < w[1].price,
-            Side::Sell => w[0].price > w[1].price,
-        })
-}
-
 fn set_model(ladder: &mut Ladder, price: Price, size: Size) -> Size {
     let old = if size.is_zero() { ladder.remove(&price) } else { ladder.insert(price, size) };
     old.unwrap_or(Size::ZERO)
 }
 
-/// Every invariant of a book that holds whatever was applied to it.
-fn book_invariants_hold(book: &Book) -> bool {
-    is_wire_sorted(book.bids(), Side::Buy) && is_wire_sorted(book.asks(), Side::Sell)
-}
-
 /// The book equals the model: contents, order, best levels, totals and depth.
 fn check_book(book: &Book, bids: &Ladder, asks: &Ladder) -> Result<(), TestCaseError> {
-    prop_assert!(
-        book.bids().windows(2).all(|w| w[0].price < w[1].price),
-        "bids not strictly ascending: {:?}",
-        book.bids()
-    );
-    prop_assert!(
-        book.asks().windows(2).all(|w| w[0].price > w[1].price),
-        "asks not strictly descending: {:?}",
-        book.asks()
-    );
-    prop_assert!(
-        book.bids().iter().chain(book.asks()).all(|l| !l.size.is_zero()),
-        "zero size level kept"
-    );
+    prop_assert_eq!(book.check_invariants(), Ok(()));
     prop_assert_eq!(book.bids(), &wire_levels(bids, Side::Buy)[..]);
     prop_assert_eq!(book.asks(), &wire_levels(asks, Side::Sell)[..]);
     prop_assert_eq!(book.best_bid(), bids.last_key_value().map(|(p, s)| Level::new(*p, *s)));
@@ -180,7 +154,7 @@ proptest! {
                         sb = wire_levels(&ladder_of(&sb), Side::Buy);
                         sa = wire_levels(&ladder_of(&sa), Side::Sell);
                     }
-                    let clean = is_wire_sorted(&sb, Side::Buy) && is_wire_sorted(&sa, Side::Sell);
+                    let clean = check_ladder(&sb, Side::Buy).is_ok() && check_ladder(&sa, Side::Sell).is_ok();
                     let result = book.replace(&sb, &sa, 7);
                     prop_assert_eq!(result.is_ok(), clean, "replace verdict for {:?} / {:?}", sb, sa);
                     bids = ladder_of(&sb);
@@ -338,8 +312,8 @@ fn feed(store: &mut BookStore, text: &str) -> Result<(), TestCaseError> {
     let _ = decode_frame(text, |_| events += 1);
     let mut broken: Option<String> = None;
     let mut sink = |u: &BookUpdate, b: &Book| {
-        if broken.is_none() && !book_invariants_hold(b) {
-            broken = Some(format!("after {u:?}: bids {:?} asks {:?}", b.bids(), b.asks()));
+        if let (None, Err(e)) = (&broken, b.check_invariants()) {
+            broken = Some(format!("after {u:?}: {e}: bids {:?} asks {:?}", b.bids(), b.asks()));
         }
     };
     let report = store.apply_frame(text, &mut sink);
@@ -350,7 +324,7 @@ fn feed(store: &mut BookStore, text: &str) -> Result<(), TestCaseError> {
         prop_assert_eq!(report.events as usize + report.errors.len(), n);
     }
     for b in store.books() {
-        prop_assert!(book_invariants_hold(b), "book {} broken", b.token());
+        prop_assert_eq!(b.check_invariants(), Ok(()), "book {} broken", b.token());
     }
     Ok(())
 }

@@ -993,7 +993,7 @@ fn real_shape_stale_snapshot_fails_every_check_until_a_book() {
     let markets = 60;
     let shape = RealShape { stale_snapshot_permille: 1000, ..RealShape::default() };
     let mut ex = shaped::exchange(23, markets, shape);
-    let texts = |ls: &[polybook::protocol::Level]| -> Vec<(String, String)> {
+    let texts = |ls: &[polybook::Level]| -> Vec<(String, String)> {
         ls.iter().map(|l| (l.price.to_string(), l.size.to_string())).collect()
     };
     // The truth at the moment of each dump (the dump is made right after `open` returns).

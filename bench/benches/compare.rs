@@ -13,9 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use polybook::book::hash::{book_hash, to_hex};
 use polybook::book::{Book, BookStatus, LtpText, TokenMeta};
-use polybook::protocol::{decode_frame, Level, MarketEvent, Side};
+use polybook::protocol::{decode_frame, MarketEvent};
 use polybook::store::{NoSink, StoreConfig};
-use polybook::{BookStore, MarketId, Price, Size, TokenId};
+use polybook::{BookStore, Level, MarketId, Price, Side, Size, TokenId};
 
 const MARKET: &str = "0x5c1e9a5be8d2f1e0c7a1b3d4e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819";
 const TOKEN: &str = "48331043336612883890938759509493159234755048973500640148014422747788308965732";

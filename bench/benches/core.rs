@@ -13,9 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use polybook::book::hash::{book_hash, to_hex};
 use polybook::book::{Book, BookStatus, LtpText, TokenMeta};
 use polybook::protocol::market::decode_frame_serde;
-use polybook::protocol::{decode_frame, Level, MarketEvent, Side};
+use polybook::protocol::{decode_frame, MarketEvent};
 use polybook::store::{NoSink, StoreConfig};
-use polybook::{BookStore, MarketId, Price, Size, TokenId};
+use polybook::{BookStore, Level, MarketId, Price, Side, Size, TokenId};
 
 const LTP: &str = "0.500";
 

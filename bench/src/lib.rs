@@ -1,3 +1,3 @@
 //! `polybook-bench`: criterion micro-benches (`benches/core.rs`, `benches/compare.rs`) and the
-//! end-to-end load harness `polybook-e2e-bench` (`src/bin/e2e.rs`). Results and how they were
-//! measured: `BENCHMARKS.md` at the repository root.
+//! end-to-end load harness `polybook-e2e-bench` (`src/e2e/`, one module per phase). Results
+//! and how they were measured: `BENCHMARKS.md` at the repository root.

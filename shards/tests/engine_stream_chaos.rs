@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use polybook_shards::engine;
 use polybook_shards::sim_server::{spawn_sim_server, RandomFaults, SimServerConfig};
+use polybook_testkit::book_json::{price_units, side_map};
 use serde_json::Value;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -36,19 +37,6 @@ struct Client {
     gaps: u64,
     messages: u64,
     closed: Option<String>,
-}
-
-fn units(p: &str) -> u64 {
-    polybook::Price::parse(p).map(|p| u64::from(p.units())).unwrap()
-}
-
-fn side_map(levels: &Value) -> BTreeMap<u64, String> {
-    levels
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| (units(l[0].as_str().unwrap()), l[1].as_str().unwrap().to_owned()))
-        .collect()
 }
 
 /// The README's client rules.
@@ -82,7 +70,7 @@ fn apply(c: &mut Client, msg: &Value) {
             match kind {
                 "level" => {
                     let side = if msg["side"] == "BUY" { &mut b.bids } else { &mut b.asks };
-                    let price = units(msg["price"].as_str().unwrap());
+                    let price = price_units(msg["price"].as_str().unwrap());
                     match msg["size"].as_str().unwrap() {
                         "0" => side.remove(&price),
                         size => side.insert(price, size.to_owned()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use polybook_shards::engine;
+use polybook_testkit::book_json::{price_units, side_map};
 use serde_json::Value;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -39,19 +40,6 @@ fn read_timed_out(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
-fn units(p: &str) -> u64 {
-    polybook::Price::parse(p).map(|p| u64::from(p.units())).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
-
-fn side_map(levels: &Value) -> BTreeMap<u64, String> {
-    levels
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| (units(l[0].as_str().unwrap_or("0")), l[1].as_str().unwrap_or("").to_owned()))
-        .collect()
-}
-
 fn apply(books: &mut HashMap<String, StreamBook>, msg: &Value) {
     let Some(token) = msg["token_id"].as_str() else { return };
     let seq = msg["seq"].as_u64().unwrap_or(0);
@@ -75,7 +63,7 @@ fn apply(books: &mut HashMap<String, StreamBook>, msg: &Value) {
     b.seq = seq;
     if msg["type"] == "level" {
         let side = if msg["side"] == "BUY" { &mut b.bids } else { &mut b.asks };
-        let price = units(msg["price"].as_str().unwrap_or("0"));
+        let price = price_units(msg["price"].as_str().unwrap_or("0"));
         let size = msg["size"].as_str().unwrap_or("0");
         if size == "0" {
             side.remove(&price);

@@ -3,9 +3,8 @@
 
 use sha1::{Digest, Sha1};
 
-use super::{Book, LtpText};
+use super::{Book, Level, LtpText};
 use crate::decimal::{push_decimal, push_u64, Price, Size};
-use crate::protocol::Level;
 
 /// The inputs of the hash that are not levels; all must be known to compute it.
 #[derive(Debug, Clone, Copy)]

@@ -2,10 +2,12 @@
 //! token's trading parameters, its last trade and its integrity status.
 
 pub mod hash;
+mod level;
+
+pub use level::{check_ladder, InvariantError, Level, Side};
 
 use crate::decimal::{DecimalText, Price, Size};
 use crate::ids::{MarketId, TokenId};
-use crate::protocol::{Level, Side};
 
 /// How far a book can be trusted. Every API answer carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -295,8 +297,8 @@ impl Book {
         copy_side(&mut self.bids, bids);
         copy_side(&mut self.asks, asks);
         self.timestamp_ms = timestamp_ms;
-        let ok_b = is_wire_sorted(&self.bids, Side::Buy);
-        let ok_a = is_wire_sorted(&self.asks, Side::Sell);
+        let ok_b = check_ladder(&self.bids, Side::Buy).is_ok();
+        let ok_a = check_ladder(&self.asks, Side::Sell).is_ok();
         if !ok_b {
             repair(&mut self.bids, Side::Buy);
         }
@@ -311,12 +313,17 @@ impl Book {
         }
     }
 
-    /// Programmer errors, not input errors: whatever arrives, a book's ladders stay strictly
-    /// ordered in wire order with no zero size. Checked after every change in debug builds
-    /// (every test); free in release.
+    /// Every invariant a book keeps whatever was applied to it: both ladders in strict wire
+    /// order with no zero size. A failure is a bug here, never bad input (input is repaired).
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
+        check_ladder(&self.bids, Side::Buy)?;
+        check_ladder(&self.asks, Side::Sell)
+    }
+
+    /// The ladders change only in `replace` and `set_level`, so asserting there covers every
+    /// apply path of the store (and any other caller) in debug builds, i.e. every test.
     fn debug_check_invariants(&self) {
-        debug_assert!(is_wire_sorted(&self.bids, Side::Buy), "bids out of order: {}", self.token);
-        debug_assert!(is_wire_sorted(&self.asks, Side::Sell), "asks out of order: {}", self.token);
+        debug_assert_eq!(self.check_invariants(), Ok(()), "book {}", self.token);
     }
 
     /// Sets the aggregate size at `price` on `side`; zero removes the level. Returns the old size.
@@ -398,15 +405,6 @@ fn copy_side(dst: &mut Vec<Level>, src: &[Level]) {
     dst.extend_from_slice(src);
 }
 
-/// Wire order: bids strictly ascending, asks strictly descending, no zero sizes.
-fn is_wire_sorted(levels: &[Level], side: Side) -> bool {
-    levels.iter().all(|l| !l.size.is_zero())
-        && levels.windows(2).all(|w| match side {
-            Side::Buy => w[0].price < w[1].price,
-            Side::Sell => w[0].price > w[1].price,
-        })
-}
-
 fn repair(levels: &mut Vec<Level>, side: Side) {
     // Stable sort keeps wire order among equal prices, so "last one wins" holds after dedup.
     levels.sort_by(|a, b| match side {
@@ -484,6 +482,7 @@ mod tests {
         let mut b = book();
         let bids = [Level::new(p("0.5"), z("1")), Level::new(p("0.4"), z("2"))];
         assert_eq!(b.replace(&bids, &[], 7), Err(UnsortedSnapshot));
+        assert_eq!(b.check_invariants(), Ok(()));
         assert_eq!(b.best_bid(), Some(Level::new(p("0.5"), z("1"))));
         assert_eq!(b.bids().len(), 2);
         assert_eq!(b.timestamp_ms(), 7);

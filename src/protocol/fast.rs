@@ -17,10 +17,9 @@
 
 use std::marker::PhantomData;
 
-use super::market::{
-    BookEvent, Level, MarketEvent, PriceChangeEntry, PriceChangeEvent, PriceChangeSchema, Side,
-};
+use super::event::{BookEvent, MarketEvent, PriceChangeEntry, PriceChangeEvent, PriceChangeSchema};
 use super::wire::{Millis, Text};
+use crate::book::{Level, Side};
 use crate::decimal::{Price, Size};
 
 /// Expected lengths of fixed-size venue strings: checked in one go instead of searching for the
@@ -735,8 +734,11 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
+    // The differential tests compare whole frames through the frame decoder, with and
+    // without this path: a test-only dependency on `market`, never the other way in code.
+    use crate::protocol::event::{DecodeError, FrameKind};
     use crate::protocol::market::{
-        decode_event, decode_event_serde, decode_frame, decode_frame_serde, DecodeError, FrameKind,
+        decode_event, decode_event_serde, decode_frame, decode_frame_serde,
     };
 
     type Decoded<'a> = (Result<FrameKind, DecodeError>, Vec<Result<MarketEvent<'a>, DecodeError>>);

@@ -10,8 +10,8 @@ use std::fmt::Write;
 
 use super::truth::{hex, push_text, TruthBook};
 use crate::book::Book;
+use crate::book::Side;
 use crate::decimal::{Price, Size};
-use crate::protocol::Side;
 
 /// One `price_change` entry as the venue writes it.
 #[derive(Debug, Clone)]

@@ -7,10 +7,9 @@ use super::rng::Rng;
 use super::shape::{RealShape, ShapeCounters};
 use super::truth::{ltp_text, text_of, units_of, TruthBook, TruthTrade};
 use crate::book::hash::{write_hash_input, HashInputs};
-use crate::book::{Book, BookStatus, LastTrade, LtpText, TokenMeta};
+use crate::book::{Book, BookStatus, LastTrade, Level, LtpText, Side, TokenMeta};
 use crate::decimal::{Price, Size, SCALE};
 use crate::ids::{MarketId, TokenId};
-use crate::protocol::{Level, Side};
 
 /// How the simulated venue starts.
 #[derive(Debug, Clone)]

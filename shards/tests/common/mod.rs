@@ -1,10 +1,11 @@
-//! Helpers shared by the end-to-end tests: blocking HTTP to the engine and the simulator,
-//! polling with deadlines (no timing asserts), and the truth comparison.
+//! Helpers shared by the end-to-end tests: blocking HTTP to the engine and the simulator that
+//! panics on failure, TLS simulators, and the tests' engine settings. What the load harness
+//! needs too (deadlines, the truth comparison, book JSON) is in `polybook-testkit`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_rustls::pki_types::CertificateDer;
 use polybook_shards::config::{Config, DataCores, ValidConfig};
@@ -12,6 +13,7 @@ use polybook_shards::engine::EngineHandle;
 use polybook_shards::sim_server::{
     spawn_sim_server, SimServerConfig, SimServerHandle, TlsIdentity,
 };
+use polybook_testkit::{compare_book, BookMismatch, Compared};
 use serde_json::Value;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
@@ -61,16 +63,10 @@ pub fn post(url: &str, body: &str) -> u16 {
     }
 }
 
-/// Polls `f` until it returns Some, or panics with the last state after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() > limit => panic!("timed out waiting for {what}: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+/// Polls `f` until it returns Ok, or panics with the last state after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    polybook_testkit::poll_until(what, limit, Duration::from_millis(200), f)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn engine_config(sim: &SimServerHandle, tokens_per_conn: usize) -> ValidConfig {
@@ -84,10 +80,7 @@ pub fn engine_config_with(
     change: impl FnOnce(&mut Config),
 ) -> ValidConfig {
     let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    let mut c = Config::default();
-    c.endpoints.gamma_url = sim.http_url();
-    c.endpoints.clob_url = sim.http_url();
-    c.endpoints.ws_url = sim.ws_url();
+    let mut c = polybook_testkit::config_for_sim(&sim.http_url(), &sim.ws_url());
     c.layout.control_core = 0;
     c.layout.data_cores = DataCores::List(vec![0, 1 % cpus]);
     c.connections.tokens_per_conn_target = tokens_per_conn;
@@ -98,8 +91,6 @@ pub fn engine_config_with(
     c.connections.reconnect_delay_ms_min = 50;
     c.connections.reconnect_delay_ms_max = 1000;
     c.discovery.interval_ms = 1000;
-    c.api.listen = "127.0.0.1:0".into();
-    c.log.progress_interval_ms = 0;
     change(&mut c);
     c.validate().unwrap_or_else(|e| panic!("config: {e}"))
 }
@@ -170,24 +161,14 @@ pub fn total(stats: &Value, key: &str) -> u64 {
 /// Every market the simulator lists: (token, active).
 pub fn sim_tokens(sim: &SimServerHandle) -> Vec<(String, bool)> {
     let (_, markets) = get(&format!("{}/sim/markets", sim.http_url()));
-    let mut out = Vec::new();
-    for m in markets.as_array().cloned().unwrap_or_default() {
-        let active = m["active"].as_bool().unwrap_or(false);
-        for t in m["tokens"].as_array().cloned().unwrap_or_default() {
-            out.push((t.as_str().unwrap_or_default().to_owned(), active));
-        }
-    }
-    out
+    polybook_testkit::sim_tokens(&markets).into_iter().map(|t| (t.id, t.active)).collect()
 }
 
 pub fn all_books_settled(engine: &EngineHandle, want_books: u64) -> Result<Value, String> {
     let s = stats(engine);
-    let (books, live, resolved) =
-        (total(&s, "books"), total(&s, "books_live"), total(&s, "books_resolved"));
-    if books >= want_books && live + resolved == books {
-        Ok(s)
-    } else {
-        Err(format!("books {books}, live {live}, resolved {resolved}: {}", s["totals"]))
+    match polybook_testkit::books_settled(&s, want_books) {
+        Ok(()) => Ok(s),
+        Err(e) => Err(format!("{e}: {}", s["totals"])),
     }
 }
 
@@ -204,31 +185,17 @@ pub fn compare_with_truth(
     for (token, active) in sim_tokens(sim) {
         let (_, truth) = get(&format!("{}/sim/book/{token}", sim.http_url()));
         let (status, ours) = get(&format!("http://{}/books/{token}", engine.api_addr()));
-        if status == 404 && !active {
-            // Listed and resolved between two discovery runs: never open while we looked.
-            continue;
-        }
-        if status != 200 {
-            return Err(format!("engine has no book for {token} (HTTP {status})"));
-        }
-        let want_status = if active { "live" } else { "resolved" };
-        // A paused simulator is a silent venue: after `integrity.stale_after_ms` (15 s) the
-        // engine's live books honestly say `stale`, with the same levels.
-        let stale_ok = active && ours["status"] == "stale";
-        if ours["status"] != want_status && !stale_ok {
-            return Err(format!("{token}: status {} want {want_status}", ours["status"]));
-        }
-        let mut keys = vec!["bids", "asks", "tick_size"];
-        if check_trade(&token, &truth["last_trade"]) {
-            keys.push("last_trade");
-        }
-        for key in keys {
-            if ours[key] != truth[key] {
-                return Err(format!(
-                    "{token}: {key} differs: ours {} truth {}",
-                    ours[key], truth[key]
-                ));
+        let differs =
+            |key: &str| format!("{token}: {key} differs: ours {} truth {}", ours[key], truth[key]);
+        match compare_book(&truth, status, &ours, active) {
+            Ok(Compared::SkippedResolved) => continue,
+            Ok(Compared::Equal { last_trade_equal }) => {
+                if !last_trade_equal && check_trade(&token, &truth["last_trade"]) {
+                    return Err(differs("last_trade"));
+                }
             }
+            Err(BookMismatch::Field { key }) => return Err(differs(key)),
+            Err(e) => return Err(format!("{token}: {e}")),
         }
         trades.insert(token, truth["last_trade"].clone());
     }

@@ -19,37 +19,41 @@
 //! noisy on a shared machine; the in-step baseline removes the differences between engines
 //! but not those between seconds.
 
+use anyhow::{anyhow, Result};
+use glommio::{LocalExecutorBuilder, Placement};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
-use glommio::{LocalExecutorBuilder, Placement};
-use serde_json::{json, Value};
-
-use super::{
-    cpu_delta, cpu_ms_json, cpus, engine_at_rest, engine_config, f, k, markets_tokens, other_share,
-    pause_until_at_rest, pct, percentile, placing, rate_label, settled, shard_max, start_engine,
-    start_sim, u, us, verify, verify_json, wait_for, wait_quiet, warn_foreign, Http, Plan,
-    API_RATE,
+use crate::api::{percentile, API_RATE};
+use crate::args::Plan;
+use crate::harness::{
+    cpus, engine_at_rest, engine_config, pause_until_at_rest, placing, settled, shard_max,
+    start_engine, start_sim, u, wait_for, Http,
 };
+use crate::procfs::{cpu_delta, cpu_ms_json, cpu_snapshot, other_share, wait_quiet, warn_foreign};
+use crate::report::{f, k, pct, us};
+use crate::steps::rate_label;
+use crate::truth::{verify, verify_json};
+use crate::wire::markets_tokens;
 
 /// Client threads of a loaded step (each paced at its share of the step's total rate).
-const API_LOAD_CLIENTS: usize = 4;
+pub(crate) const API_LOAD_CLIENTS: usize = 4;
 /// Books compared with the truth after each step (a sample: the steps are many).
-const API_LOAD_VERIFY: usize = 500;
+pub(crate) const API_LOAD_VERIFY: usize = 500;
 /// Longest wait for a quiet machine before each step.
-const API_LOAD_QUIET_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const API_LOAD_QUIET_WAIT: Duration = Duration::from_secs(3);
 /// The feed alone before the loaded window: a ramp, then the baseline measurement.
-const API_LOAD_RAMP: Duration = Duration::from_secs(1);
-const API_LOAD_BASELINE: Duration = Duration::from_secs(3);
+pub(crate) const API_LOAD_RAMP: Duration = Duration::from_secs(1);
+pub(crate) const API_LOAD_BASELINE: Duration = Duration::from_secs(3);
 /// Longest measurement window of a step.
-const API_LOAD_WINDOW_MAX: Duration = Duration::from_secs(10);
+pub(crate) const API_LOAD_WINDOW_MAX: Duration = Duration::from_secs(10);
 
 /// What a step's clients ask for.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Target {
+pub(crate) enum Target {
     /// No clients.
     Quiet,
     /// One fixed path.
@@ -62,10 +66,10 @@ enum Target {
 
 /// `/markets` is not in the mix: it costs the control shard ~2 ms a request (it filters and
 /// sorts the whole registry), which would cap the mix far below its rate.
-const MIX: [&str; 4] = ["/health", "/ready", "/stats", "/metrics"];
+pub(crate) const MIX: [&str; 4] = ["/health", "/ready", "/stats", "/metrics"];
 
 impl Target {
-    fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Target::Quiet => "none".into(),
             Target::Path(p) => p.into(),
@@ -76,7 +80,7 @@ impl Target {
 }
 
 /// The steps of one market count: (target, total requests/s).
-fn steps() -> Vec<(Target, f64)> {
+pub(crate) fn steps() -> Vec<(Target, f64)> {
     vec![
         (Target::Quiet, 0.0),
         (Target::Path("/health"), 1_000.0),
@@ -93,18 +97,18 @@ fn steps() -> Vec<(Target, f64)> {
 
 /// One client thread's results.
 #[derive(Default)]
-struct Load {
-    lat_ns: Vec<u64>,
-    errors: u64,
-    statuses: BTreeMap<u16, u64>,
+pub(crate) struct Load {
+    pub(crate) lat_ns: Vec<u64>,
+    pub(crate) errors: u64,
+    pub(crate) statuses: BTreeMap<u16, u64>,
     /// Requests sent more than 1 ms after their scheduled time (the client fell behind).
-    late: u64,
+    pub(crate) late: u64,
 }
 
 /// One paced client: `rate` requests/s (open loop: each request has a scheduled send time;
 /// a late request goes at once, without making up for the lost time by bursting beyond the
 /// schedule) until `stop`. Latency is from send to the whole body read.
-fn client(
+pub(crate) fn client(
     api: &str,
     target: Target,
     tokens: &[String],
@@ -168,7 +172,7 @@ fn client(
 /// Run time (ns) of this process's threads whose names start with `prefix` (a glommio
 /// executor and any helper thread it started, which inherit its name), from
 /// `/proc/self/task/<tid>/schedstat`: the kernel's own count, in ns, not 10 ms ticks.
-fn thread_ns(prefix: &str) -> u64 {
+pub(crate) fn thread_ns(prefix: &str) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
     dir.flatten()
         .filter(|e| {
@@ -183,7 +187,7 @@ fn thread_ns(prefix: &str) -> u64 {
 }
 
 /// One step: a fresh simulator and engine; `target` at `rate` requests/s during the window.
-fn step(
+pub(crate) fn step(
     h: &Http,
     markets: usize,
     target: Target,
@@ -215,7 +219,7 @@ fn step(
         let (db1, cb1) = (thread_ns("data-0"), thread_ns("control"));
         let base_secs = tb0.elapsed().as_secs_f64();
         let s0 = h.get_ok(&format!("{api}/stats"))?;
-        let cpu0 = super::cpu_snapshot();
+        let cpu0 = cpu_snapshot();
         let (d0, c0) = (thread_ns("data-0"), thread_ns("control"));
         let t0 = Instant::now();
         let mut handles = Vec::new();
@@ -241,7 +245,7 @@ fn step(
         let secs = t0.elapsed().as_secs_f64();
         let loads: Vec<Load> = handles.into_iter().map(|j| j.join().unwrap_or_default()).collect();
         let s1 = h.get_ok(&format!("{api}/stats"))?;
-        let cpu = cpu_delta(&cpu0, &super::cpu_snapshot());
+        let cpu = cpu_delta(&cpu0, &cpu_snapshot());
         warn_foreign(&cpu, secs);
         pause_until_at_rest(h, &base, Duration::from_secs(120))?;
         let (_, unsettled) = engine_at_rest(h, &base, &api, Duration::from_secs(60))?;
@@ -302,7 +306,7 @@ fn step(
 /// Adds the per-request CPU estimates to `s`: the shard's CPU over the loaded window minus
 /// what the feed alone cost it per second (the step's own baseline) times the window, per
 /// request. On a quiet step (no requests) the same difference, per second, is the noise.
-fn per_request(s: &mut Value) {
+pub(crate) fn per_request(s: &mut Value) {
     let n = f(&s["requests"]);
     let secs = f(&s["window_secs"]).max(1e-9);
     for shard in ["data_shard", "control_shard"] {
@@ -317,7 +321,7 @@ fn per_request(s: &mut Value) {
     }
 }
 
-fn print(s: &Value) {
+pub(crate) fn print(s: &Value) {
     let per = |key: &str| match s[key].as_f64() {
         Some(x) => format!("{:.1}", x / 1e3),
         None => "-".into(),

@@ -1,0 +1,161 @@
+//! `/proc`: the machine, memory, and CPU time per thread group, and waiting for a quiet machine.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::cpus;
+
+/// Clock ticks per second of /proc's utime/stime (USER_HZ, 100 on Linux).
+pub(crate) const USER_HZ: u64 = 100;
+
+pub(crate) fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map_or("unknown".to_owned(), |(_, m)| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        "cpu_model": model,
+        "mem_total_mib": mem_kib / 1024,
+        "kernel": kernel.trim(),
+    })
+}
+
+/// A `VmRSS`-style line of /proc/self/status, in bytes.
+pub(crate) fn status_bytes(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+pub(crate) fn rss() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// utime + stime (ticks) from a /proc stat line (the name in parentheses may hold spaces).
+pub(crate) fn stat_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Which part of the process a thread belongs to, by its name.
+pub(crate) fn thread_group(comm: &str) -> String {
+    let comm = comm.trim();
+    if let Some(rest) = comm.strip_prefix("data-") {
+        // glommio names executor threads "{name}-{executor id}": "data-1-3" is shard 1.
+        let shard = rest.split('-').next().unwrap_or(rest);
+        return format!("engine_data_{shard}");
+    }
+    let g = if comm.starts_with("control") {
+        "engine_control"
+    } else if comm.starts_with("discovery") || comm.starts_with("gamma-lookup") {
+        "engine_discovery"
+    } else if comm.starts_with("sim-server") {
+        "sim"
+    } else if comm.starts_with("wire-client") {
+        "wire_client"
+    } else {
+        "harness_other"
+    };
+    g.to_owned()
+}
+
+/// CPU time so far, in ns, by thread group; `process` includes threads that have exited.
+pub(crate) fn cpu_snapshot() -> BTreeMap<String, u64> {
+    let tick_ns = 1_000_000_000 / USER_HZ;
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let p = e.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let Some(t) = std::fs::read_to_string(p.join("stat")).ok().and_then(|s| stat_ticks(&s))
+            else {
+                continue;
+            };
+            *out.entry(thread_group(&comm)).or_insert(0) += t * tick_ns;
+        }
+    }
+    let process =
+        std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| stat_ticks(&s)).unwrap_or(0);
+    out.insert("process".into(), process * tick_ns);
+    // Every CPU's busy time (user, nice, system, irq, softirq, steal), to tell what other
+    // processes on the machine took during a measurement.
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.strip_prefix("cpu ")?.to_owned();
+            let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            Some([0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum::<u64>())
+        })
+        .unwrap_or(0);
+    out.insert("machine_busy".into(), busy * tick_ns);
+    out
+}
+
+/// CPU used between two snapshots by group, plus `other_processes` (the machine's busy time
+/// not spent by this process).
+pub(crate) fn cpu_delta(
+    a: &BTreeMap<String, u64>,
+    b: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let mut d: BTreeMap<String, u64> =
+        b.iter().map(|(k, v)| (k.clone(), v.saturating_sub(*a.get(k).unwrap_or(&0)))).collect();
+    let busy = d.remove("machine_busy").unwrap_or(0);
+    let own = d.get("process").copied().unwrap_or(0);
+    d.insert("other_processes".into(), busy.saturating_sub(own));
+    d
+}
+
+pub(crate) fn cpu_ms_json(d: &BTreeMap<String, u64>) -> Value {
+    Value::Object(d.iter().map(|(k, v)| (k.clone(), json!(v / 1_000_000))).collect())
+}
+
+/// Waits (at most `max`) until other processes use under 10 % of the machine over half a
+/// second, so a measurement starts on a quiet machine when it can; returns their last share.
+pub(crate) fn wait_quiet(max: Duration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let a = cpu_snapshot();
+        std::thread::sleep(Duration::from_millis(500));
+        let d = cpu_delta(&a, &cpu_snapshot());
+        let share =
+            d.get("other_processes").copied().unwrap_or(0) as f64 / 1e9 / (0.5 * cpus() as f64);
+        if share < 0.10 || start.elapsed() >= max {
+            return share;
+        }
+    }
+}
+
+pub(crate) fn other_share(d: &BTreeMap<String, u64>, secs: f64) -> f64 {
+    d.get("other_processes").copied().unwrap_or(0) as f64 / 1e9 / (secs * cpus() as f64)
+}
+
+/// Warns when other processes took more than 10 % of the machine during a measurement.
+pub(crate) fn warn_foreign(d: &BTreeMap<String, u64>, secs: f64) {
+    let share = other_share(d, secs);
+    if share > 0.10 {
+        println!(
+            "  warning: other processes used {:.0}% of the machine during this measurement",
+            share * 100.0
+        );
+    }
+}
+
+pub(crate) fn engine_cpu(d: &BTreeMap<String, u64>) -> u64 {
+    d.iter().filter(|(k, _)| k.starts_with("engine_")).map(|(_, v)| *v).sum()
+}
