@@ -18,12 +18,12 @@ use super::model::{SimConfig, SimExchange};
 use super::rng::Rng;
 use super::shape::RealShape;
 use super::venue::Venue;
+use crate::book::Side;
 use crate::book::{BookStatus, TokenMeta};
 use crate::conn::{Action, ConnConfig, ConnGroup};
 use crate::ids::{ConnId, MarketId, ShardId, SocketId};
 use crate::market::MarketSpec;
 use crate::policy::{recycle_candidates, Backoff, ConnView, RecycleLimits};
-use crate::protocol::Side;
 use crate::store::{NoSink, StoreConfig};
 
 /// The shape of the simulated runs.
