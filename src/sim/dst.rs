@@ -345,7 +345,9 @@ impl World {
     fn control(&mut self) {
         let now = self.now;
         // Discovery every 2 s: every active market the venue lists, not closed, is tracked.
-        if now >= self.last_discovery + 2_000 {
+        // Discovery stops 3 s before the end, so the last markets found are open at rest.
+        let end = self.start + self.cfg.fault_ms + self.cfg.rest_ms;
+        if now >= self.last_discovery + 2_000 && now + 3_000 < end {
             self.last_discovery = now;
             let n = self.venue.ex.markets().len() as u32;
             let mut by_shard: BTreeMap<usize, Vec<MarketSpec>> = BTreeMap::new();

@@ -70,7 +70,8 @@ pub async fn recycle(
     max: usize,
     conn: u32,
 ) -> Response {
-    let Some(tx) = control.shard(ConnId::from_raw(conn).shard.index()) else {
+    let conn = ConnId::from_raw(conn);
+    let Some(tx) = control.shard(conn.shard.index()) else {
         return Response::error(404, "no such connection");
     };
     let Ok(_turn) = gate.acquire_permit(1).await else {
@@ -90,7 +91,7 @@ pub async fn recycle(
         )
         .with_header("retry-after", "5"),
         Ok(_) => match query(&tx, |reply| Command::Recycle { conn, reply: Some(reply) }).await {
-            Some(true) => Response::json(200, &json!({"recycling": conn})),
+            Some(true) => Response::json(200, &json!({"recycling": conn.raw()})),
             Some(false) => Response::error(
                 409,
                 "connection unknown, closing, disconnected or already recycling",

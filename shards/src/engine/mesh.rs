@@ -3,7 +3,7 @@
 //! room, so nothing is ever dropped; a late message only delays (documented per variant).
 
 use polybook::store::{NewMarketHint, StoreCounters};
-use polybook::{MarketId, TokenId};
+use polybook::{ConnId, MarketId, TokenId};
 
 pub use polybook::market::MarketSpec;
 
@@ -25,7 +25,7 @@ pub enum Command {
     Stats { reply: Reply<ShardStats> },
     /// Recycle a connection make-before-break (manual trigger or control's policy). The reply,
     /// if asked for, says whether it started. If late, the connection lives a little longer.
-    Recycle { conn: u32, reply: Option<Reply<bool>> },
+    Recycle { conn: ConnId, reply: Option<Reply<bool>> },
     /// Start (with a snapshot for `client`) or stop streaming tokens to the API's `/ws` hub.
     /// If late, the client's snapshot comes later; updates before it are skipped by seq.
     Stream { client: u64, tokens: Vec<TokenId>, depth: Option<usize>, on: bool },
@@ -44,27 +44,8 @@ pub enum Report {
     Resolved { shard: usize, market: MarketId },
 }
 
-/// One connection as `/stats` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConnStats {
-    pub id: u32,
-    /// Feed id of the newest socket.
-    pub feed: u32,
-    pub state: &'static str,
-    /// Open sockets: 2 while a recycle overlaps old and new.
-    pub sockets: usize,
-    /// Tokens the slot carries.
-    pub tokens: usize,
-    /// Tokens the newest socket is subscribed to (more than `tokens` when polluted).
-    pub subscribed: usize,
-    pub pollution_pct: u8,
-    pub frames: u64,
-    pub reconnects: u64,
-    /// Age of the newest socket.
-    pub age_ms: u64,
-    pub slot_age_ms: u64,
-    pub recycling: bool,
-}
+/// One connection as `/stats` shows it (the core's view of a slot).
+pub use polybook::conn::ConnSnapshot as ConnStats;
 
 /// A data shard's counters, gathered on request.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -28,15 +28,16 @@ pub async fn recycle_loop(
             .flatten()
             .flat_map(|s| s.connections.iter())
             .map(|c| ConnView {
-                id: c.id,
+                id: c.id.raw(),
                 age_ms: c.age_ms,
                 pollution_pct: c.pollution_pct,
                 recycling: c.recycling,
             })
             .collect();
         for conn in recycle_candidates(&views, limits) {
-            tracing::info!(conn, "recycling (policy)");
-            let Some(tx) = control.shard(ConnId::from_raw(conn).shard.index()) else { continue };
+            let conn = ConnId::from_raw(conn);
+            tracing::info!(conn = %conn, "recycling (policy)");
+            let Some(tx) = control.shard(conn.shard.index()) else { continue };
             let _ = tx.send_async(Command::Recycle { conn, reply: None }).await;
         }
     }

@@ -24,7 +24,7 @@ use polybook::conn::{Action, ConnConfig, ConnGroup, Note};
 use polybook::policy::Backoff;
 use polybook::store::{BookUpdate, UpdateSink};
 use polybook::view::{Freshness, ServedBook};
-use polybook::{ConnId, ShardId, SocketId, StoreConfig};
+use polybook::{ShardId, SocketId, StoreConfig};
 
 use super::mesh::{Command, Report, ShardStats};
 use super::record::Recorder;
@@ -219,7 +219,6 @@ pub async fn run(
                 }
             }
             Command::Recycle { conn, reply } => {
-                let conn = ConnId::from_raw(conn);
                 let started = step(&shell, |s, now, _, out| s.recycle(conn, now, out));
                 if let Some(reply) = reply {
                     let _ = reply.send(started);

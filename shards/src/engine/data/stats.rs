@@ -8,7 +8,7 @@ use polybook::book::BookStatus;
 use polybook::TokenId;
 
 use super::{Shell, ShellRef};
-use crate::engine::mesh::{ConnStats, ShardStats};
+use crate::engine::mesh::ShardStats;
 use crate::net::Shutdown;
 
 /// How often a data shard hands control its stats.
@@ -95,25 +95,8 @@ pub(super) fn stats(sh: &Shell) -> ShardStats {
         books_resyncing: tally.get(BookStatus::Resyncing),
         books_resolved: tally.get(BookStatus::Resolved),
         books_stale: tally.get(BookStatus::Stale),
-        connections: g.snapshots(sh.clock.now_ms()).into_iter().map(conn_stats).collect(),
+        connections: g.snapshots(sh.clock.now_ms()),
     };
     debug_assert_eq!(tally.total(), g.store().len(), "status counts drifted");
     st
-}
-
-fn conn_stats(c: polybook::conn::ConnSnapshot) -> ConnStats {
-    ConnStats {
-        id: c.id.raw(),
-        feed: c.feed,
-        state: c.state,
-        sockets: c.sockets,
-        tokens: c.tokens,
-        subscribed: c.subscribed,
-        pollution_pct: c.pollution_pct,
-        frames: c.frames,
-        reconnects: c.reconnects,
-        age_ms: c.age_ms,
-        slot_age_ms: c.slot_age_ms,
-        recycling: c.recycling,
-    }
 }
