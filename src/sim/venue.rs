@@ -1,7 +1,7 @@
 //! The simulated venue's market channel without sockets: connections by id, their
 //! subscriptions, the frames queued for each, and per-connection faults. The deterministic
 //! simulation (`sim::dst`) drives it in virtual time; the socket server keeps its own copy
-//! of these rules (`shards/src/sim_server/state.rs`) with real queues and wakers.
+//! of these rules (`shards/src/sim_server/state/`) with real queues and wakers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
