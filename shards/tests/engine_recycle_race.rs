@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use polybook::book::TokenMeta;
 use polybook::policy::Backoff;
-use polybook::{MarketId, StoreConfig, TokenId};
+use polybook::{ConnId, MarketId, StoreConfig, TokenId};
 use polybook_shards::engine::data::{self, DataShardConfig};
 use polybook_shards::engine::mesh::{Command, MarketSpec};
 use polybook_shards::net::ConnectOptions;
@@ -90,7 +90,9 @@ fn recycle_of_a_slot_untracked_mid_handoff_keeps_the_shard_alive() {
     // slot is gone when the recycle looks at its progress.
     for (i, m) in markets.iter().enumerate() {
         let (tx, rx) = flume::bounded(1);
-        cmd_tx.send(Command::Recycle { conn: i as u32 + 1, reply: Some(tx) }).unwrap();
+        cmd_tx
+            .send(Command::Recycle { conn: ConnId::from_raw(i as u32 + 1), reply: Some(tx) })
+            .unwrap();
         cmd_tx.send(Command::Untrack(vec![m.market.clone()])).unwrap();
         assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "recycle {i} started");
     }

@@ -1,26 +1,21 @@
 //! One connection: requests in turn (keep-alive), a WebSocket upgrade, or a rejection.
 
 use std::cell::Cell;
-use std::io;
+
 use std::rc::Rc;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 
 use super::read::read_request;
 use super::{websocket_accept_key, with_timeout, Handler, ServerConfig};
+use super::{write_all, Incoming};
 use crate::net::http::{has_token, Request, Response};
 use crate::net::signal::Shutdown;
 use crate::net::stream::ServerStream;
-
-pub(super) enum Incoming {
-    Request(Request, usize),
-    Closed,
-    Reject(Response),
-}
 
 /// One upgraded WebSocket counted against [`ServerConfig::max_websockets`] while it lives.
 struct WsSlot(Rc<Cell<usize>>);
@@ -175,9 +170,4 @@ async fn reject_and_close(mut stream: ServerStream, resp: &Response) {
         }
     };
     let _ = with_timeout(Duration::from_secs(1), drain).await;
-}
-
-pub(super) async fn write_all(stream: &mut ServerStream, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
 }

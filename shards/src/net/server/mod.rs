@@ -26,6 +26,7 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::WebSocketStream;
 use futures_lite::future::or;
 use futures_lite::AsyncReadExt;
+use futures_lite::AsyncWriteExt;
 use futures_util::future::LocalBoxFuture;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -289,4 +290,15 @@ mod tests {
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
+}
+
+pub(super) enum Incoming {
+    Request(Request, usize),
+    Closed,
+    Reject(Response),
+}
+
+pub(super) async fn write_all(stream: &mut ServerStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -3,8 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use super::conn::{write_all, Incoming};
-use super::{read_more, ServerConfig};
+use super::{read_more, write_all, Incoming, ServerConfig};
 use crate::net::http::{
     body_kind, decode_chunked, parse_query, BodyKind, ChunkError, FramingError, Request, Response,
 };
