@@ -279,6 +279,17 @@ pub(crate) async fn read_more<S: futures_lite::AsyncRead + Unpin>(
     Ok(n)
 }
 
+pub(super) enum Incoming {
+    Request(Request, usize),
+    Closed,
+    Reject(Response),
+}
+
+pub(super) async fn write_all(stream: &mut ServerStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,15 +301,4 @@ mod tests {
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
-}
-
-pub(super) enum Incoming {
-    Request(Request, usize),
-    Closed,
-    Reject(Response),
-}
-
-pub(super) async fn write_all(stream: &mut ServerStream, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
 }
