@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
+use glommio::{Latency, Shares, TaskQueueHandle};
 use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use polybook::conn::{Action, ConnConfig, ConnGroup, Note};
@@ -137,6 +138,8 @@ struct Shell {
     pending_reports: std::collections::VecDeque<Report>,
     /// Scratch for the group's actions, reused.
     actions: Vec<Action>,
+    /// The task queue sockets run in (see [`queues`]).
+    feed_queue: Option<TaskQueueHandle>,
 }
 
 type ShellRef = Rc<RefCell<Shell>>;
@@ -203,11 +206,61 @@ pub async fn run(
         reports,
         pending_reports: std::collections::VecDeque::new(),
         actions: Vec::new(),
+        feed_queue: None,
     }));
+    let (control_q, feed_q) = queues();
+    shell.borrow_mut().feed_queue = feed_q;
     let stopping = Shutdown::new();
-    glommio::spawn_local(timer_loop(Rc::clone(&shell), stopping.clone())).detach();
-    glommio::spawn_local(stats::stats_loop(Rc::clone(&shell), stats_out, stopping.clone()))
-        .detach();
+    spawn_in(control_q, timer_loop(Rc::clone(&shell), stopping.clone()));
+    spawn_in(control_q, stats::stats_loop(Rc::clone(&shell), stats_out, stopping.clone()));
+    let commands_done = Shutdown::new();
+    let done = commands_done.clone();
+    spawn_in(control_q, {
+        let shell = Rc::clone(&shell);
+        async move {
+            command_loop(&shell, commands).await;
+            done.trigger();
+        }
+    });
+    commands_done.wait().await;
+    stopping.trigger();
+    // The recording ends with the books as they are now: sockets closing below are shutdown,
+    // not venue events, and must not mark the replayed books Resyncing.
+    step(&shell, |s, _, _, out| s.shutdown(out));
+    tracing::info!(shard = shard_id, "data shard stopped");
+}
+
+/// Two task queues: one for control's commands, the timer and stats, whose latency matters
+/// (the executor preempts the feed for it within a few ms), and one for the sockets. A shard
+/// whose sockets keep it at 100 % still answers stats, books and stream subscribes.
+fn queues() -> (Option<TaskQueueHandle>, Option<TaskQueueHandle>) {
+    let ex = glommio::executor();
+    let latency = Latency::Matters(Duration::from_millis(5));
+    let control = ex.create_task_queue(Shares::Static(1000), latency, "shard-control");
+    let feed = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "shard-feed");
+    (Some(control), Some(feed))
+}
+
+/// Spawns a task into `queue` (the current one if none or if the queue is gone).
+fn spawn_in<T: 'static>(
+    queue: Option<TaskQueueHandle>,
+    f: impl std::future::Future<Output = T> + 'static,
+) {
+    match queue {
+        Some(q) => match glommio::spawn_local_into(f, q) {
+            Ok(t) => {
+                t.detach();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot spawn into task queue"),
+        },
+        None => {
+            glommio::spawn_local(f).detach();
+        }
+    }
+}
+
+async fn command_loop(shell: &ShellRef, commands: flume::Receiver<Command>) {
+    let shell = Rc::clone(shell);
     while let Ok(cmd) = commands.recv_async().await {
         match cmd {
             Command::Track(specs) => step(&shell, |s, now, _, out| s.track(specs, now, out)),
@@ -262,11 +315,6 @@ pub async fn run(
             Command::Shutdown => break,
         }
     }
-    stopping.trigger();
-    // The recording ends with the books as they are now: sockets closing below are shutdown,
-    // not venue events, and must not mark the replayed books Resyncing.
-    step(&shell, |s, _, _, out| s.shutdown(out));
-    tracing::info!(shard = shard_id, "data shard stopped");
 }
 
 /// Runs one synchronous step of the group with the shell's clock and sink, then carries out
@@ -295,15 +343,8 @@ fn carry_out(shell: &ShellRef, sh: &mut Shell, actions: &mut Vec<Action>) {
                 sh.connecting.insert(socket, cancel.clone());
                 let url = sh.ws_url.clone();
                 let opts = sh.connect.clone();
-                glommio::spawn_local(socket::socket_task(
-                    Rc::clone(shell),
-                    conn,
-                    socket,
-                    url,
-                    opts,
-                    cancel,
-                ))
-                .detach();
+                let task = socket::socket_task(Rc::clone(shell), conn, socket, url, opts, cancel);
+                spawn_in(sh.feed_queue, task);
             }
             Action::Send { socket, frames } => {
                 if let Some(io) = sh.sockets.get(&socket) {

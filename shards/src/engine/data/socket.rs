@@ -82,7 +82,12 @@ pub(super) async fn socket_task(
             Some(Some(Ok(m))) => m,
         };
         match msg {
-            Message::Text(text) => frame(&shell, socket, text.as_str()),
+            Message::Text(text) => {
+                frame(&shell, socket, text.as_str());
+                // A socket that always has a frame ready would never give the executor back:
+                // this lets the control queue (commands, timer, stats) in when it is due.
+                glommio::yield_if_needed().await;
+            }
             Message::Close(frame) => {
                 tracing::info!(conn = %conn, feed = %socket, ?frame, "venue closed the connection");
                 break;
