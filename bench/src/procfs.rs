@@ -26,6 +26,20 @@ pub fn machine_cpus() -> usize {
     }
 }
 
+/// Each CPU's busy time so far (user, nice, system, irq, softirq, steal) in ns, from
+/// `/proc/stat`: with a thread group's CPU, tells whether others ran on a pinned thread's CPU.
+pub fn busy_per_cpu() -> Vec<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let ticks: u64 = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+            ticks * (1_000_000_000 / USER_HZ)
+        })
+        .collect()
+}
+
 /// Clock ticks per second of /proc's utime/stime (USER_HZ, 100 on Linux).
 pub const USER_HZ: u64 = 100;
 
@@ -43,7 +57,7 @@ pub fn machine() -> Value {
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({
-        "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        "cpus": machine_cpus(),
         "cpu_model": model,
         "mem_total_mib": mem_kib / 1024,
         "kernel": kernel.trim(),

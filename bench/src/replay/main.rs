@@ -53,7 +53,7 @@ pub(crate) fn pin_current(cpu: usize) {
 
 const USAGE: &str = "usage: polybook-replay-bench [--quick|--full] [--markets N] [--window SECS] \
 [--max-frames N] [--steps RATE,..,max,max2] [--idle SECS] [--wire-secs SECS] [--no-wire] \
-[--seed N] [--out FILE]
+[--no-verify-hash] [--seed N] [--out FILE]
   --steps: a number is frames/s offered to 1 data shard for --window seconds; max: flat out,
   1 data shard, --max-frames frames; max2: the same with 2 data shards. The first step also
   measures the idle data shard for --idle seconds (0: not).";
@@ -87,6 +87,7 @@ struct Plan {
     idle: f64,
     wire_secs: Option<f64>,
     quiet_wait: Duration,
+    verify_hash: bool,
     out: String,
 }
 
@@ -101,6 +102,7 @@ fn parse_args() -> Result<Plan> {
         idle: 10.0,
         wire_secs: Some(3.0),
         quiet_wait: Duration::from_secs(3),
+        verify_hash: true,
         out: format!("{}/../target/bench-replay.json", env!("CARGO_MANIFEST_DIR")),
     };
     let mut args = std::env::args().skip(1);
@@ -121,6 +123,7 @@ fn parse_args() -> Result<Plan> {
             "--idle" => p.idle = val()?.parse()?,
             "--wire-secs" => p.wire_secs = Some(val()?.parse()?),
             "--no-wire" => p.wire_secs = None,
+            "--no-verify-hash" => p.verify_hash = false,
             "--out" => p.out = val()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -185,7 +188,8 @@ fn main() -> Result<()> {
         let p = Placing { gen, control: gen.unwrap_or(0), data, cpus: n };
         let idle = (i == 0 && plan.idle > 0.0).then(|| Duration::from_secs_f64(plan.idle));
         let (shards, rate, frames) = (sp.shards, sp.rate, frames_of(sp));
-        steps.push((p, Step { shards, rate, frames, idle, quiet_wait: plan.quiet_wait }));
+        let (quiet_wait, verify_hash) = (plan.quiet_wait, plan.verify_hash);
+        steps.push((p, Step { shards, rate, frames, idle, quiet_wait, verify_hash }));
     }
     println!("{}", report::STEP_HEADER);
     let mut results = Vec::new();
@@ -201,6 +205,7 @@ fn main() -> Result<()> {
     let out = json!({
         "tool": "polybook-replay-bench",
         "mode": plan.mode,
+        "engine_integrity_verify_hash": plan.verify_hash,
         "machine": machine(),
         "corpus": corpus_json,
         "wire_baseline": wire,

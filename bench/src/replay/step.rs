@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use polybook_bench::http::{u, wait_for, Http};
-use polybook_bench::procfs::{cpu_delta, cpu_snapshot_precise, other_share, wait_quiet};
+use polybook_bench::procfs::{
+    busy_per_cpu, cpu_delta, cpu_snapshot_precise, other_share, wait_quiet,
+};
 use polybook_shards::config::DataCores;
 use polybook_shards::engine;
 use polybook_shards::sim_server::{spawn_sim_server, SimServerConfig};
@@ -40,6 +42,8 @@ pub(crate) struct Step {
     /// Measure the idle data shard this long before streaming.
     pub(crate) idle: Option<Duration>,
     pub(crate) quiet_wait: Duration,
+    /// `integrity.verify_hash` (the default policy: on).
+    pub(crate) verify_hash: bool,
 }
 
 fn data_cpu(d: &std::collections::BTreeMap<String, u64>) -> u64 {
@@ -74,6 +78,7 @@ pub(crate) fn engine_step(
     c.discovery.interval_ms = 60_000;
     // `/stats` every 10 ms and every book over HTTP from one address.
     c.api.requests_per_s_max = 1_000_000;
+    c.integrity.verify_hash = step.verify_hash;
     let cfg = c.validate().map_err(|e| anyhow!("engine config: {e}"))?;
     crate::pin_current_to(0..p.cpus);
     let engine = engine::start(&cfg).map_err(|e| anyhow!("engine: {e}"));
@@ -127,17 +132,24 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
     let (streams, offered) = build_streams(corpus, &conns, cp.frames, step.rate, None);
     let expected: u64 = streams.iter().map(|(_, s)| s.ends.len() as u64).sum();
     let price_changes = corpus.price_changes(cp.frames) as u64;
-    let cpu0 = cpu_snapshot_precise();
+    let (cpu0, busy0) = (cpu_snapshot_precise(), busy_per_cpu());
     let start = server.stream(streams);
     let limit =
         Duration::from_secs_f64(offered as f64 / step.rate.unwrap_or(20_000.0) * 3.0 + 60.0);
     // Poll every 10 ms: a changed count is a snapshot taken (every 250 ms) since the last poll.
     let (mut changes, mut polls, mut blind, mut last) = (Vec::new(), 0u64, 0u64, f0);
     let s1 = loop {
+        if start.elapsed() > limit {
+            let got = last - f0;
+            return Err(anyhow!("engine counted {got} of {expected} frames in {limit:?}"));
+        }
         let s = h.get_ok(&format!("{api}/stats"))?;
         polls += 1;
+        // A shard whose snapshot is over 2 s old is null, and missing from the totals.
         if s["shards"].as_array().is_some_and(|a| a.iter().any(Value::is_null)) {
             blind += 1;
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         let f = u(&s["totals"]["frames"]);
         if f != last {
@@ -147,26 +159,31 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
         if f >= f0 + expected {
             break s;
         }
-        if start.elapsed() > limit {
-            return Err(anyhow!("engine counted {} of {expected} frames in {limit:?}", f - f0));
-        }
         std::thread::sleep(Duration::from_millis(10));
     };
     let done = start.elapsed().as_secs_f64();
     let cpu = cpu_delta(&cpu0, &cpu_snapshot_precise());
+    let busy: Vec<f64> = busy_per_cpu()
+        .iter()
+        .zip(&busy0)
+        .map(|(b, a)| b.saturating_sub(*a) as f64 / 1e9 / done)
+        .collect();
     let writers_done = conns
         .iter()
         .filter_map(|c| *c.finished.lock().unwrap_or_else(|e| e.into_inner()))
         .map(|t| t.duration_since(start).as_secs_f64())
         .fold(0.0, f64::max);
-    // The applied rate: the slope between the first and the last snapshot taken while frames
-    // were still arriving (each timed to 10 ms), else everything over the whole time.
+    // When the last frame was applied: the snapshot that first shows every frame was taken
+    // within 10 ms of the poll that saw it, but up to 250 ms after the last frame; the two
+    // snapshots before it give the rate that carries the remaining frames from the last one.
+    let applied_at = last_frame_at(&changes, expected).unwrap_or(done);
+    let applied = expected as f64 / applied_at;
+    // The slope between the first and the last snapshot taken while frames still arrived.
     let inner: Vec<&(f64, u64)> = changes.iter().filter(|(_, f)| *f < expected).collect();
     let slope = match (inner.first(), inner.last()) {
         (Some(a), Some(b)) if b.0 - a.0 >= 0.5 => Some((b.1 - a.1) as f64 / (b.0 - a.0)),
         _ => None,
     };
-    let applied = slope.unwrap_or(expected as f64 / done);
     let settled = wait_for("books live after the stream", Duration::from_secs(30), || {
         let s = h.get_ok(&format!("{api}/stats")).map_err(|e| e.to_string())?;
         let t = &s["totals"];
@@ -197,13 +214,16 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
         "secs_until_engine_counted_all": done,
         "secs_until_writers_done": writers_done,
         "frames_per_s": applied,
-        "frames_per_s_overall": expected as f64 / done,
+        "secs_until_last_frame_applied_est": applied_at,
+        "frames_per_s_until_counted": expected as f64 / done,
         "frames_per_s_by_slope": slope,
         "data_shard_cpu_ns_per_frame": data as f64 / expected.max(1) as f64,
         "data_shard_busy": data as f64 / 1e9 / done / step.shards as f64,
         "generator_cpu_ns_per_frame": cpu.get("generator").copied().unwrap_or(0) as f64 / expected.max(1) as f64,
         "control_cpu_ns_per_frame": cpu.get("engine_control").copied().unwrap_or(0) as f64 / expected.max(1) as f64,
         "other_processes_share": other_share(&cpu, done),
+        "busy_by_cpu": busy,
+        "per_shard": per_shard(&s0, &s1, &cpu),
         "apply_ns": {
             "p50": shard("apply_ns_p50"), "p99": shard("apply_ns_p99"),
             "p999": shard("apply_ns_p999"), "max": shard("apply_ns_max"),
@@ -223,6 +243,30 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
         "pings_answered": conns.iter().map(|c| c.pings.load(Ordering::Relaxed)).sum::<u64>(),
         "verify": verify,
     }))
+}
+
+/// Each data shard's frames in the run and its CPU per frame.
+fn per_shard(s0: &Value, s1: &Value, cpu: &std::collections::BTreeMap<String, u64>) -> Value {
+    let frames = |s: &Value, i: usize| u(&s["shards"][i]["store"]["frames"]);
+    let n = s1["shards"].as_array().map_or(0, Vec::len);
+    let per: Vec<Value> = (0..n)
+        .map(|i| {
+            let f = frames(s1, i).saturating_sub(frames(s0, i));
+            let ns = cpu.get(&format!("engine_data_{i}")).copied().unwrap_or(0);
+            json!({"frames": f, "cpu_ms": ns / 1_000_000, "cpu_ns_per_frame": ns as f64 / f.max(1) as f64})
+        })
+        .collect();
+    Value::Array(per)
+}
+
+/// Seconds from the start to the last frame applied, from the snapshots' (time, frames).
+fn last_frame_at(changes: &[(f64, u64)], expected: u64) -> Option<f64> {
+    let [.., (ta, fa), (tb, fb), (tc, fc)] = changes else { return None };
+    if *fc < expected || fb <= fa || tb <= ta {
+        return None;
+    }
+    let rate = (fb - fa) as f64 / (tb - ta);
+    Some((tb + (expected - fb) as f64 / rate).min(*tc))
 }
 
 /// Every engine book against the checkpoint's truth (`compare_book`), on 2 threads.
