@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use polybook_shards::config::{DataCores, ValidConfig};
 use polybook_shards::engine::{self, EngineHandle};
 use polybook_shards::sim_server::{
@@ -12,74 +12,8 @@ use serde_json::{json, Value};
 
 use crate::SEED;
 
-#[derive(Clone)]
-pub(crate) struct Http {
-    pub(crate) agent: ureq::Agent,
-}
-
-impl Http {
-    pub(crate) fn new() -> Http {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Http { agent }
-    }
-
-    /// GET, retrying (a few times, after a pause) when the API says 429.
-    pub(crate) fn get(&self, url: &str) -> Result<(u16, Value)> {
-        let mut tries = 0;
-        let mut r = loop {
-            let r = self.agent.get(url).call().with_context(|| format!("GET {url}"))?;
-            if r.status().as_u16() != 429 || tries == 5 {
-                break r;
-            }
-            tries += 1;
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        let status = r.status().as_u16();
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .with_context(|| format!("GET {url}: body"))?;
-        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
-    }
-
-    pub(crate) fn get_ok(&self, url: &str) -> Result<Value> {
-        match self.get(url)? {
-            (200, v) => Ok(v),
-            (s, v) => bail!("GET {url}: HTTP {s}: {v}"),
-        }
-    }
-
-    pub(crate) fn post(&self, url: &str) -> Result<()> {
-        let r = self.agent.post(url).send_empty().with_context(|| format!("POST {url}"))?;
-        match r.status().as_u16() {
-            200 => Ok(()),
-            s => bail!("POST {url}: HTTP {s}"),
-        }
-    }
-}
-
-pub(crate) fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
-
-/// Polls `f` every 100 ms until it returns Ok, or fails with its last complaint.
-pub(crate) fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    f: impl FnMut() -> Result<T, String>,
-) -> Result<T> {
-    Ok(polybook_testkit::poll_until(what, limit, Duration::from_millis(100), f)?)
-}
-
-pub(crate) fn cpus() -> usize {
-    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
-}
+pub(crate) use polybook_bench::http::{u, wait_for, Http};
+pub(crate) use polybook_bench::procfs::cpus;
 
 pub(crate) fn start_sim(markets: usize, rate: f64, cpu: Option<usize>) -> Result<SimServerHandle> {
     start_sim_faults(markets, rate, cpu, None)

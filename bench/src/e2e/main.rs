@@ -53,12 +53,14 @@ mod api;
 mod api_load;
 mod args;
 mod harness;
-mod procfs;
 mod report;
 mod soak;
 mod steps;
 mod truth;
 mod wire;
+
+/// Shared with the replay harness (`polybook_bench::procfs`).
+pub(crate) use polybook_bench::procfs;
 
 use crate::api::{api_step, print_api};
 use crate::args::parse_args;
