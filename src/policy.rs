@@ -67,6 +67,9 @@ pub struct ConnTable {
     next_id: u32,
     load: Vec<(u32, usize)>,
     placed: HashMap<MarketId, (u32, usize)>,
+    /// Markets per connection, in placement order: `markets_of` is asked for every slot on
+    /// every stats snapshot, and scanning all markets each time cost O(slots × markets).
+    members: HashMap<u32, Vec<MarketId>>,
 }
 
 impl ConnTable {
@@ -77,6 +80,7 @@ impl ConnTable {
             next_id: first_id.max(1),
             load: Vec::new(),
             placed: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -96,11 +100,14 @@ impl ConnTable {
         }
         if let Some(slot) = self.load.iter_mut().find(|(_, n)| *n + tokens <= self.target) {
             slot.1 += tokens;
-            self.placed.insert(market, (slot.0, tokens));
-            return Placement::Existing(slot.0);
+            let id = slot.0;
+            self.members.entry(id).or_default().push(market.clone());
+            self.placed.insert(market, (id, tokens));
+            return Placement::Existing(id);
         }
         let id = self.fresh_id();
         self.load.push((id, tokens));
+        self.members.entry(id).or_default().push(market.clone());
         self.placed.insert(market, (id, tokens));
         Placement::New(id)
     }
@@ -110,6 +117,9 @@ impl ConnTable {
         let (conn, tokens) = self.placed.remove(market)?;
         if let Some(slot) = self.load.iter_mut().find(|(c, _)| *c == conn) {
             slot.1 = slot.1.saturating_sub(tokens);
+        }
+        if let Some(m) = self.members.get_mut(&conn) {
+            m.retain(|x| x.as_str() != market);
         }
         Some(conn)
     }
@@ -122,12 +132,15 @@ impl ConnTable {
         for p in self.placed.values_mut().filter(|p| p.0 == old) {
             p.0 = id;
         }
+        if let Some(m) = self.members.remove(&old) {
+            self.members.insert(id, m);
+        }
         Some(id)
     }
 
     /// Markets on a connection.
     pub fn markets_of(&self, conn: u32) -> Vec<MarketId> {
-        self.placed.iter().filter(|(_, p)| p.0 == conn).map(|(m, _)| m.clone()).collect()
+        self.members.get(&conn).cloned().unwrap_or_default()
     }
 
     /// Drops a connection slot that has no markets left.
@@ -135,6 +148,7 @@ impl ConnTable {
         let empty = self.load.iter().any(|(c, n)| *c == conn && *n == 0);
         if empty {
             self.load.retain(|(c, _)| *c != conn);
+            self.members.remove(&conn);
         }
         empty
     }
@@ -300,5 +314,34 @@ mod tests {
         assert_eq!(t.remove("c"), Some(2));
         assert!(t.close_if_empty(2));
         assert_eq!(t.loads(), &[(3, 4)]);
+    }
+
+    proptest::proptest! {
+        /// The per-connection index agrees with a scan of every placement, whatever the
+        /// sequence of places, removals, connection replacements and closes.
+        #[test]
+        fn markets_of_agrees_with_a_scan(ops in proptest::collection::vec((0u8..4, 0u8..12), 1..200)) {
+            let mut t = ConnTable::new(6, 1);
+            for (op, m) in ops {
+                let name = format!("m{m}");
+                match op {
+                    0 | 1 => { t.place(MarketId::new(&name), 2); }
+                    2 => { t.remove(&name); }
+                    _ => {
+                        if let Some(c) = t.conn_of(&name) {
+                            if m % 2 == 0 { t.replace_conn(c); } else { t.close_if_empty(c); }
+                        }
+                    }
+                }
+                for &(conn, _) in t.loads() {
+                    let mut scan: Vec<MarketId> =
+                        t.placed.iter().filter(|(_, p)| p.0 == conn).map(|(m, _)| m.clone()).collect();
+                    let mut index = t.markets_of(conn);
+                    scan.sort();
+                    index.sort();
+                    proptest::prop_assert_eq!(index, scan);
+                }
+            }
+        }
     }
 }
