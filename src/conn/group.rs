@@ -798,11 +798,17 @@ impl ConnGroup {
                 sock.awaiting.insert(t.clone(), (now_ms, 0));
             }
         }
+        out.push(self.resubscribe(socket, tokens));
+    }
+
+    /// Unsubscribe + subscribe `tokens` on `socket`: the venue replays nothing, but a new
+    /// subscription starts with a `book` (resyncs and redrives both ask this way).
+    pub(super) fn resubscribe(&self, socket: SocketId, tokens: &[TokenId]) -> Action {
         let ids: Vec<&str> = tokens.iter().map(TokenId::as_str).collect();
         let custom = self.cfg.custom_features;
         let mut frames = subscribe_frames(SubscribeOp::Unsubscribe, &ids, custom);
         frames.extend(subscribe_frames(SubscribeOp::Subscribe, &ids, custom));
-        out.push(Action::Send { socket, frames });
+        Action::Send { socket, frames }
     }
 
     /// Data flows again after a silence: what the silence lost is unknown (the venue replays

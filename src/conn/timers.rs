@@ -4,7 +4,6 @@
 use crate::book::BookStatus;
 use crate::ids::{ConnId, SocketId, TokenId};
 use crate::policy::{judge, Verdict, WatchdogLimits};
-use crate::protocol::encode::{subscribe_frames, SubscribeOp};
 use crate::store::{FeedId, UpdateSink};
 
 use super::group::ConnGroup;
@@ -199,12 +198,8 @@ impl ConnGroup {
                 *entry = (now_ms, entry.1 + 1);
             }
         }
-        let ids: Vec<&str> = late.iter().map(TokenId::as_str).collect();
-        let custom = self.cfg.custom_features;
-        let mut frames = subscribe_frames(SubscribeOp::Unsubscribe, &ids, custom);
-        frames.extend(subscribe_frames(SubscribeOp::Subscribe, &ids, custom));
-        out.push(Action::Send { socket, frames });
         self.counters.redrives += late.len() as u64;
+        out.push(self.resubscribe(socket, &late));
     }
 
     /// Judges the store's open claims at `now_ms`; books that turn Resyncing are resubscribed

@@ -414,14 +414,18 @@ impl World {
         }
     }
 
+    /// Whether the slot carrying `m` on `shard` is mid-recycle.
+    fn slot_recycling(&self, shard: usize, m: &MarketId) -> bool {
+        let g = &self.groups[shard];
+        g.slot_of_market(m.as_str())
+            .and_then(|c| g.slot_state(c))
+            .is_some_and(|st| st == crate::conn::SlotState::Recycling)
+    }
+
     fn untrack(&mut self, m: &MarketId, why: &str) {
         let Some(shard) = self.tracked.remove(m) else { return };
         self.closed.insert(m.clone());
-        let g = &self.groups[shard];
-        let recycling = g
-            .slot_of_market(m.as_str())
-            .and_then(|c| g.slot_state(c))
-            .is_some_and(|st| st == crate::conn::SlotState::Recycling);
+        let recycling = self.slot_recycling(shard, m);
         if recycling {
             self.report.untracked_mid_recycle += 1;
         }
@@ -510,12 +514,7 @@ impl World {
                 let recycling: Vec<MarketId> = self
                     .tracked
                     .iter()
-                    .filter(|(m, &s)| {
-                        let g = &self.groups[s];
-                        g.slot_of_market(m.as_str())
-                            .and_then(|c| g.slot_state(c))
-                            .is_some_and(|st| st == crate::conn::SlotState::Recycling)
-                    })
+                    .filter(|(m, &s)| self.slot_recycling(s, m))
                     .map(|(m, _)| m.clone())
                     .collect();
                 let pool: Vec<MarketId> = if !recycling.is_empty() && self.rng.chance(700) {

@@ -1,6 +1,7 @@
 //! The thread-per-core engine: a control shard and N data shards, each a glommio executor
 //! pinned as `[layout]` says, connected by bounded channels (see [`mesh`]).
 
+pub mod clock;
 pub mod control;
 pub mod data;
 pub mod discovery;

@@ -144,13 +144,6 @@ impl Recorder {
     }
 }
 
-/// Unix nanoseconds now (receive times in recordings).
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// The connection group's store calls, recorded so that replay repeats them.
 impl polybook::conn::Journal for Recorder {
     fn track(&mut self, spec: &polybook::MarketSpec) {

@@ -5,7 +5,7 @@
 //! `.await`, so no loop can find another's borrow still open.
 
 use std::cell::RefCell;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use polybook::registry::Registry;
 
@@ -73,26 +73,4 @@ pub struct DiscoveryStats {
     pub last_ok: Option<Instant>,
 }
 
-/// The registry's time: Unix ms at start-up, advanced by the monotonic clock, so grace
-/// periods do not jump with the wall clock and end dates are still compared as dates.
-pub struct Clock {
-    start: Instant,
-    wall_at_start_ms: u64,
-}
-
-impl Clock {
-    pub fn start() -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        Clock { start: Instant::now(), wall_at_start_ms: u64::try_from(wall).unwrap_or(u64::MAX) }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        let run = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.wall_at_start_ms.saturating_add(run)
-    }
-
-    /// Time since start-up (`/stats` `uptime_ms`).
-    pub fn uptime(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
+pub use crate::engine::clock::Clock;

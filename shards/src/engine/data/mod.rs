@@ -15,7 +15,7 @@ mod stats;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::future;
 use glommio::{Latency, Shares, TaskQueueHandle};
@@ -27,6 +27,7 @@ use polybook::store::{BookUpdate, UpdateSink};
 use polybook::view::{Freshness, ServedBook};
 use polybook::{ShardId, SocketId, StoreConfig};
 
+use super::clock::Clock;
 use super::mesh::{Command, Report, ShardStats};
 use super::record::Recorder;
 use super::stream::{StreamMsg, StreamTap};
@@ -144,31 +145,6 @@ struct Shell {
 
 type ShellRef = Rc<RefCell<Shell>>;
 
-/// Unix time that never runs backwards: the wall clock read once at start plus a monotonic
-/// clock. The store stamps books with it and the group's timers run on it.
-#[derive(Clone, Copy)]
-pub(crate) struct Clock {
-    wall_ns: u64,
-    start: Instant,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock { wall_ns: super::record::now_ns(), start: Instant::now() }
-    }
-    fn now_ns(&self) -> u64 {
-        self.wall_ns + self.start.elapsed().as_nanos() as u64
-    }
-    fn now_ms(&self) -> u64 {
-        self.now_ns() / 1_000_000
-    }
-}
-
-/// Unix ms from the wall clock.
-pub fn wall_ms() -> u64 {
-    super::record::now_ns() / 1_000_000
-}
-
 /// Runs a data shard on the current executor until it receives `Command::Shutdown` (or the
 /// command channel closes).
 pub async fn run(
@@ -200,7 +176,7 @@ pub async fn run(
         connecting: HashMap::new(),
         ws_url: cfg.ws_url.clone(),
         connect: cfg.connect.clone(),
-        clock: Clock::new(),
+        clock: Clock::start(),
         // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
         hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).ok(),
         reports,
@@ -323,11 +299,19 @@ fn step<T>(
     shell: &ShellRef,
     f: impl FnOnce(&mut ConnGroup, u64, &mut Outputs, &mut Vec<Action>) -> T,
 ) -> T {
+    step_ns(shell, |g, now_ns, outputs, out| f(g, now_ns / 1_000_000, outputs, out))
+}
+
+/// [`step`] with the time in Unix nanoseconds (a frame's receive stamp).
+fn step_ns<T>(
+    shell: &ShellRef,
+    f: impl FnOnce(&mut ConnGroup, u64, &mut Outputs, &mut Vec<Action>) -> T,
+) -> T {
     let mut sh = shell.borrow_mut();
-    let now = sh.clock.now_ms();
+    let now_ns = sh.clock.now_ns();
     let mut actions = std::mem::take(&mut sh.actions);
     let Shell { group, outputs, .. } = &mut *sh;
-    let r = f(group, now, outputs, &mut actions);
+    let r = f(group, now_ns, outputs, &mut actions);
     carry_out(shell, &mut sh, &mut actions);
     sh.actions = actions;
     r

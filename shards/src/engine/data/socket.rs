@@ -7,7 +7,7 @@ use futures_lite::future;
 use futures_util::{SinkExt, StreamExt};
 use polybook::{ConnId, SocketId};
 
-use super::{step, Shell, ShellRef, SocketIo};
+use super::{step, step_ns, ShellRef, SocketIo};
 use crate::net::{connect_ws_with, ConnectOptions, Message, Shutdown};
 
 /// Opens the socket the group asked for and serves it until it ends or is closed.
@@ -108,20 +108,14 @@ pub(super) async fn socket_task(
 /// One text frame into the group, timed from receipt to applied.
 fn frame(shell: &ShellRef, socket: SocketId, text: &str) {
     let recv = Instant::now();
-    let mut sh = shell.borrow_mut();
-    let recv_ns = sh.clock.now_ns();
-    let mut actions = std::mem::take(&mut sh.actions);
-    let Shell { group, outputs, .. } = &mut *sh;
-    let report = group.frame(socket, text, recv_ns, outputs, &mut actions);
-    if let Some(r) = report.as_ref().filter(|r| !r.errors.is_empty()) {
-        tracing::debug!(feed = %socket, errors = ?r.errors, "frame errors");
+    let report =
+        step_ns(shell, |g, recv_ns, outputs, out| g.frame(socket, text, recv_ns, outputs, out));
+    let Some(report) = report else { return };
+    if !report.errors.is_empty() {
+        tracing::debug!(feed = %socket, errors = ?report.errors, "frame errors");
     }
-    super::carry_out(shell, &mut sh, &mut actions);
-    sh.actions = actions;
-    if report.is_some() {
-        let ns = recv.elapsed().as_nanos() as u64;
-        if let Some(h) = &mut sh.hist {
-            h.saturating_record(ns.max(1));
-        }
+    let ns = recv.elapsed().as_nanos() as u64;
+    if let Some(h) = &mut shell.borrow_mut().hist {
+        h.saturating_record(ns.max(1));
     }
 }

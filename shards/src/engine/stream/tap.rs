@@ -176,15 +176,9 @@ impl StreamTap {
     }
 }
 
-/// Unix ms from the wall clock (a snapshot's `age_ms`).
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn snapshot_json(book: &Book, seq: u64, depth: Option<usize>) -> Arc<str> {
-    let fresh = polybook::view::Freshness { now_ms: wall_ms(), feed_silent_ms: None };
+    let fresh =
+        polybook::view::Freshness { now_ms: crate::engine::clock::wall_ms(), feed_silent_ms: None };
     let b = polybook::view::ServedBook { book, depth, fresh }.to_json();
     // The token id goes through serde (escaped); the book is already JSON.
     let token = serde_json::to_string(book.token().as_str()).unwrap_or_default();
