@@ -291,7 +291,16 @@ pub enum RecordLine<'a> {
     Assign { feed: u32, tokens: Vec<&'a str> },
     /// `#lost feed token...`: that socket ended.
     Lost { feed: u32, tokens: Vec<&'a str> },
+    /// `#gap lines`: the recorder dropped that many lines here (its queue was full); books
+    /// replayed past this point may differ from the engine's.
+    Gap { lines: u64 },
+    /// `#preamble-end`: the lines since the header restated the tracked markets and feeds so
+    /// that this file replays alone; a replay continuing from the previous file skips them.
+    PreambleEnd,
 }
+
+/// Ends a file's preamble (see [`RecordLine::PreambleEnd`]).
+pub const PREAMBLE_END: &str = "#preamble-end";
 
 /// Why a recording line could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -346,6 +355,11 @@ pub fn parse_record_line(line: &str) -> Result<Option<RecordLine<'_>>, RecordLin
                 RecordLine::Stale { feed }
             }
             "resync" => RecordLine::Resync { tokens: parts.collect() },
+            "gap" => {
+                let lines = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                RecordLine::Gap { lines }
+            }
+            "preamble-end" => RecordLine::PreambleEnd,
             "assign" | "lost" => {
                 let feed = parts.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
                 let tokens = parts.collect();
@@ -392,7 +406,7 @@ pub fn replay_record_line(
 ) -> Result<Option<crate::store::FrameReport>, LineError> {
     use crate::store::FeedId;
     match line {
-        RecordLine::Header(_) => {}
+        RecordLine::Header(_) | RecordLine::Gap { .. } | RecordLine::PreambleEnd => {}
         RecordLine::Frame { recv_ns, feed, frame } => {
             // The store's clock is the receive time, exactly as the engine set it.
             store.set_now_ms(recv_ns / 1_000_000);
@@ -465,6 +479,9 @@ mod record_tests {
         );
         assert_eq!(parse_record_line("#settle 17"), Ok(Some(RecordLine::Settle { now_ms: 17 })));
         assert_eq!(parse_record_line("#stale 4"), Ok(Some(RecordLine::Stale { feed: 4 })));
+        assert_eq!(parse_record_line("#gap 12"), Ok(Some(RecordLine::Gap { lines: 12 })));
+        assert_eq!(parse_record_line(PREAMBLE_END), Ok(Some(RecordLine::PreambleEnd)));
+        assert!(parse_record_line("#gap x").is_err());
         assert!(parse_record_line("#dance 1").is_err());
         assert!(parse_record_line("123 {}").is_err());
         assert_eq!(parse_record_line(""), Ok(None));

@@ -4,6 +4,8 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod net;
+pub mod parquet_out;
 pub mod replay;
 pub mod sim_server;

@@ -76,7 +76,14 @@ enum Command {
         /// Skip recomputing the venue's SHA-1 book hashes.
         #[arg(long)]
         no_verify_hash: bool,
+        /// Engine recordings only: the books as of this receive time (`2026-12-02T01:30:00Z`
+        /// or unix s/ms/ns); each shard stops at its first line received later.
+        #[arg(long, value_parser = polybook_shards::replay::parse_time_ns)]
+        at: Option<u64>,
     },
+    /// Write a recording's top of book, trades, level changes or book snapshots as CSV or
+    /// Parquet.
+    Export(polybook_shards::export::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -310,14 +317,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("# {}: ok", config.display());
             Ok(())
         }
-        Command::Replay { file, dump, min_order_size, neg_risk, tick_size, no_verify_hash } => {
+        Command::Export(args) => {
+            init_logging("warn", cli.log_json);
+            polybook_shards::export::run(&args)
+        }
+        Command::Replay { file, dump, min_order_size, neg_risk, tick_size, no_verify_hash, at } => {
             init_logging("warn", cli.log_json);
             if polybook_shards::replay::is_recording(&file) {
                 let files = polybook_shards::replay::recording_files(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let mut stderr = std::io::stderr();
-                let (store, stats) =
-                    polybook_shards::replay::replay_recording(&files, &mut stderr)?;
+                let options = polybook_shards::replay::ReplayOptions { at_ns: at };
+                let (store, stats) = polybook_shards::replay::replay_recording_with(
+                    &files,
+                    &mut stderr,
+                    options,
+                    &mut polybook::store::NoSink,
+                )?;
                 if dump {
                     println!("{}", polybook_shards::replay::dump_json(&store, &stats)?);
                 } else {
@@ -325,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            anyhow::ensure!(at.is_none(), "--at needs an engine recording, not a capture");
             let f = File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let meta = TokenMeta {
                 tick_size: Some(tick_size),

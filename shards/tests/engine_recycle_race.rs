@@ -33,6 +33,7 @@ fn shard_config(ws_url: String) -> DataShardConfig {
         store: StoreConfig::default(),
         handler: None,
         record_dir: None,
+        record_options: Default::default(),
         stale_after: Duration::from_secs(15),
     }
 }

@@ -128,7 +128,12 @@ pub struct Engine;
 
 impl Engine {
     pub fn builder(config: ValidConfig) -> EngineBuilder {
-        EngineBuilder { config, handler: None, record_dir: None }
+        EngineBuilder {
+            config,
+            handler: None,
+            record_dir: None,
+            record_options: Default::default(),
+        }
     }
 }
 
@@ -137,6 +142,7 @@ pub struct EngineBuilder {
     config: ValidConfig,
     handler: Option<HandlerFactory>,
     record_dir: Option<std::path::PathBuf>,
+    record_options: record::RecordOptions,
 }
 
 impl EngineBuilder {
@@ -157,8 +163,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How recordings are written (compression, rotation, queue); the default compresses.
+    pub fn record_options(mut self, options: record::RecordOptions) -> Self {
+        self.record_options = options;
+        self
+    }
+
     pub fn start(self) -> Result<EngineHandle, EngineError> {
-        start_with(&self.config, self.handler, self.record_dir)
+        start_with(&self.config, self.handler, self.record_dir, self.record_options)
     }
 }
 
@@ -190,13 +202,14 @@ fn market_ws_config() -> crate::net::WebSocketConfig {
 }
 
 pub fn start(cfg: &ValidConfig) -> Result<EngineHandle, EngineError> {
-    start_with(cfg, None, None)
+    start_with(cfg, None, None, record::RecordOptions::default())
 }
 
 fn start_with(
     cfg: &ValidConfig,
     handler: Option<HandlerFactory>,
     record_dir: Option<std::path::PathBuf>,
+    record_options: record::RecordOptions,
 ) -> Result<EngineHandle, EngineError> {
     // Discovery names ring itself; the process default is for anything else that asks.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -242,6 +255,7 @@ fn start_with(
             handoff_timeout: Duration::from_millis(cfg.lifecycle.handoff_timeout_ms),
             handler: handler.clone(),
             record_dir: record_dir.clone(),
+            record_options,
             stale_after: Duration::from_millis(cfg.integrity.stale_after_ms),
             store: store_config(cfg),
         };

@@ -1,146 +1,218 @@
-//! `--record DIR`: each data shard appends every raw frame it receives (with its receive time
-//! and socket) and the store operations that decide which socket feeds which book, to
-//! `DIR/shard-K-NNNNNN.rec`, rotating at `ROTATE_BYTES`. `polybook replay` rebuilds the exact
-//! books from these files (see `polybook::capture::RecordLine`).
+//! `--record DIR`: each data shard records every raw frame it receives (with its receive time
+//! and socket) and the store operations that decide which socket feeds which book. `polybook
+//! replay` rebuilds the exact books from these files (see `polybook::capture::RecordLine`).
 //!
-//! Writes go through a large buffer; the occasional flush is a plain write to the page
-//! cache. A shard whose recording fails stops recording (counted, logged once) and keeps
-//! serving: books matter more than the recording.
+//! The data shard never touches the disk: it formats a line and hands it to its own writer
+//! thread (`record-K`) through a bounded channel. A full channel drops the line and counts it —
+//! never a stall; the next line that gets through carries the count and the writer writes
+//! `#gap N` before it, so a reader knows the books after that point may be wrong (replay counts
+//! `recording_gaps`). The writer compresses with zstd (`.rec.zst`, one complete zstd frame per
+//! file) or writes plain `.rec`, and rotates by size and by hour. Every file starts with the
+//! header, the markets tracked at that moment and their feeds, then `#preamble-end`, so a file
+//! replays alone; a replay of consecutive files skips the repeated preamble.
+//!
+//! A writer whose disk fails stops recording (counted, logged once) and keeps draining the
+//! channel: books matter more than the recording.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use polybook::book::TokenMeta;
 use polybook::capture::{
-    record_frame_line, record_track_line, recording_header_v2, RecordingSettings,
+    record_frame_line, record_track_line, recording_header_v2, RecordingSettings, PREAMBLE_END,
 };
 
-/// Bytes per file before a new one starts.
-pub const ROTATE_BYTES: u64 = 256 << 20;
-
-pub struct Recorder {
-    header: String,
-    dir: PathBuf,
-    shard: usize,
-    seq: u32,
-    out: Option<BufWriter<File>>,
-    bytes: u64,
-    pub lines: u64,
-    pub failed: bool,
+/// How a shard records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordOptions {
+    /// zstd-compress each file (`.rec.zst`); otherwise plain `.rec`.
+    pub compress: bool,
+    /// zstd level (3: the library's default; fast and about 10x on frames).
+    pub zstd_level: i32,
+    /// Uncompressed bytes per file before a new one starts.
+    pub rotate_bytes: u64,
+    /// A new file starts when the wall clock enters a new period of this many seconds (3600:
+    /// one file per UTC hour at least).
+    pub rotate_secs: u64,
+    /// Lines queued between the shard and its writer; beyond, lines are dropped and counted.
+    pub queue_lines_max: usize,
 }
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        RecordOptions {
+            compress: true,
+            zstd_level: 3,
+            rotate_bytes: 256 << 20,
+            rotate_secs: 3600,
+            queue_lines_max: 1 << 16,
+        }
+    }
+}
+
+/// Counters shared by a shard's recorder and its writer thread.
+#[derive(Debug, Default)]
+pub struct RecordCounters {
+    pub lines_queued: AtomicU64,
+    /// Lines the shard dropped because the writer's queue was full.
+    pub lines_dropped: AtomicU64,
+    pub lines_written: AtomicU64,
+    /// Bytes of lines written (before compression).
+    pub bytes_in: AtomicU64,
+    pub files: AtomicU64,
+    pub failed: AtomicBool,
+}
+
+enum Msg {
+    /// A line, and how many lines were dropped just before it.
+    Line { text: String, dropped_before: u64 },
+    /// Finish the current file and reply.
+    Finish(flume::Sender<()>),
+}
+
+/// The shard's side: formats lines and queues them for the writer thread.
+pub struct Recorder {
+    shard: usize,
+    tx: Option<flume::Sender<Msg>>,
+    /// Dropped since the last line that got through.
+    dropped_pending: u64,
+    warned: bool,
+    pub counters: Arc<RecordCounters>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long the shard waits at shutdown for its writer to finish the last file.
+const FINISH_WAIT: Duration = Duration::from_secs(30);
 
 impl Recorder {
     /// `settings`: the store's integrity settings, written in every file's header so that
-    /// replay judges exactly as the engine did.
+    /// replay judges exactly as the engine did. Opens the first file before returning, so a
+    /// directory that cannot be written is an error here.
     pub fn open(
         dir: &Path,
         shard: usize,
         settings: &RecordingSettings,
+        options: RecordOptions,
     ) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
-        let mut r = Recorder {
+        let counters = Arc::new(RecordCounters::default());
+        let mut writer = Writer {
             header: recording_header_v2(settings),
             dir: dir.to_owned(),
             shard,
             seq: 0,
+            options,
             out: None,
             bytes: 0,
-            lines: 0,
-            failed: false,
+            period: 0,
+            markets: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+            counters: Arc::clone(&counters),
         };
-        r.rotate()?;
-        Ok(r)
+        writer.rotate()?;
+        let (tx, rx) = flume::bounded(options.queue_lines_max.max(1));
+        let handle =
+            super::supervise::spawn_thread(&format!("record-{shard}"), move || writer.run(rx))?;
+        Ok(Recorder {
+            shard,
+            tx: Some(tx),
+            dropped_pending: 0,
+            warned: false,
+            counters,
+            writer: Some(handle),
+        })
     }
 
-    fn rotate(&mut self) -> std::io::Result<()> {
-        if let Some(mut old) = self.out.take() {
-            old.flush()?;
-        }
-        // Continue after files left by an earlier run in the same directory.
-        loop {
-            self.seq += 1;
-            let path = self.dir.join(format!("shard-{}-{:06}.rec", self.shard, self.seq));
-            if !path.exists() {
-                let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-                writeln!(w, "{}", self.header)?;
-                self.out = Some(w);
-                self.bytes = 0;
-                return Ok(());
-            }
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if self.failed {
-            return;
-        }
-        let result = (|| -> std::io::Result<()> {
-            if self.bytes >= ROTATE_BYTES {
-                self.rotate()?;
-            }
-            if let Some(w) = self.out.as_mut() {
-                w.write_all(line.as_bytes())?;
-                w.write_all(b"\n")?;
-            }
-            Ok(())
-        })();
-        match result {
+    fn line(&mut self, text: String) {
+        let Some(tx) = self.tx.as_ref() else { return };
+        let msg = Msg::Line { text, dropped_before: self.dropped_pending };
+        match tx.try_send(msg) {
             Ok(()) => {
-                self.bytes += line.len() as u64 + 1;
-                self.lines += 1;
+                self.dropped_pending = 0;
+                self.counters.lines_queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => {
-                self.failed = true;
-                tracing::error!(shard = self.shard, error = %e, "recording failed; stopped");
+            Err(_) => {
+                self.dropped_pending += 1;
+                self.counters.lines_dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        shard = self.shard,
+                        "recording queue full: lines dropped (counted; the file says #gap)"
+                    );
+                }
             }
         }
     }
 
     pub fn frame(&mut self, recv_ns: u64, feed: u32, text: &str) {
-        self.line(&record_frame_line(recv_ns, feed, text));
+        self.line(record_frame_line(recv_ns, feed, text));
     }
 
     pub fn track(&mut self, market: &str, meta: &TokenMeta, tokens: &[&str]) {
-        self.line(&record_track_line(market, meta, tokens));
+        self.line(record_track_line(market, meta, tokens));
     }
 
     pub fn untrack(&mut self, market: &str, tokens: &[&str]) {
-        self.line(&format!("#untrack {market} {}", tokens.join(" ")));
+        self.line(format!("#untrack {market} {}", tokens.join(" ")));
     }
 
     pub fn assign(&mut self, feed: u32, tokens: &[&str]) {
         if !tokens.is_empty() {
-            self.line(&format!("#assign {feed} {}", tokens.join(" ")));
+            self.line(format!("#assign {feed} {}", tokens.join(" ")));
         }
     }
 
     pub fn lost(&mut self, feed: u32, tokens: &[&str]) {
         if !tokens.is_empty() {
-            self.line(&format!("#lost {feed} {}", tokens.join(" ")));
+            self.line(format!("#lost {feed} {}", tokens.join(" ")));
         }
     }
 
     pub fn settle(&mut self, now_ms: u64) {
-        self.line(&format!("#settle {now_ms}"));
+        self.line(format!("#settle {now_ms}"));
     }
 
     pub fn stale(&mut self, feed: u32) {
-        self.line(&format!("#stale {feed}"));
+        self.line(format!("#stale {feed}"));
     }
 
     pub fn resync(&mut self, tokens: &[&str]) {
         if !tokens.is_empty() {
-            self.line(&format!("#resync {}", tokens.join(" ")));
+            self.line(format!("#resync {}", tokens.join(" ")));
         }
     }
 
-    pub fn flush(&mut self) {
-        if let Some(w) = self.out.as_mut() {
-            if let Err(e) = w.flush() {
-                tracing::error!(shard = self.shard, error = %e, "recording flush failed");
-            }
+    /// Called once, at shutdown: the writer writes what is queued (and the last gap, if any),
+    /// finishes the file and stops. Blocks the shard briefly, which is fine at shutdown.
+    pub fn finish(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if self.dropped_pending > 0 {
+            let text = format!("#gap {}", self.dropped_pending);
+            let _ = tx.send_timeout(Msg::Line { text, dropped_before: 0 }, FINISH_WAIT);
+            self.dropped_pending = 0;
         }
+        let (done_tx, done_rx) = flume::bounded(1);
+        if tx.send_timeout(Msg::Finish(done_tx), FINISH_WAIT).is_ok()
+            && done_rx.recv_timeout(FINISH_WAIT).is_ok()
+        {
+            if let Some(h) = self.writer.take() {
+                let _ = h.join();
+            }
+        } else {
+            tracing::error!(shard = self.shard, "recording writer did not finish in time");
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -172,10 +244,222 @@ impl polybook::conn::Journal for Recorder {
         Recorder::frame(self, recv_ns, socket.0, text);
     }
     fn flush(&mut self) {
-        Recorder::flush(self);
+        self.finish();
     }
 }
 
 fn ids(tokens: &[polybook::TokenId]) -> Vec<&str> {
     tokens.iter().map(polybook::TokenId::as_str).collect()
+}
+
+enum Out {
+    Plain(BufWriter<File>),
+    Zstd(zstd::Encoder<'static, BufWriter<File>>),
+}
+
+impl Out {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Out::Plain(w) => w,
+            Out::Zstd(w) => w,
+        }
+    }
+    /// Ends the file: for zstd, the frame's epilogue (a complete frame).
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(mut w) => w.flush(),
+            Out::Zstd(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+/// The writer thread's state: the open file and what a new file's preamble needs.
+struct Writer {
+    header: String,
+    dir: PathBuf,
+    shard: usize,
+    seq: u32,
+    options: RecordOptions,
+    out: Option<Out>,
+    bytes: u64,
+    period: u64,
+    /// market -> its `#track` line (the latest).
+    markets: BTreeMap<String, String>,
+    /// token -> the feed it was last assigned to.
+    feeds: BTreeMap<String, u32>,
+    counters: Arc<RecordCounters>,
+}
+
+/// How long the writer waits for lines before it flushes what it has.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Writer {
+    fn run(mut self, rx: flume::Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(IDLE_FLUSH) {
+                Ok(Msg::Line { text, dropped_before }) => {
+                    if dropped_before > 0 {
+                        self.write(&format!("#gap {dropped_before}"));
+                    }
+                    self.write(&text);
+                }
+                Ok(Msg::Finish(done)) => {
+                    self.close();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    // A crash loses at most the last second: a flushed zstd block decodes.
+                    if let Some(out) = self.out.as_mut() {
+                        let r = out.writer().flush();
+                        self.check(r);
+                    }
+                    if self.period_now() != self.period {
+                        let r = self.rotate();
+                        self.check(r);
+                    }
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    self.close();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn period_now(&self) -> u64 {
+        wall_secs() / self.options.rotate_secs.max(1)
+    }
+
+    fn close(&mut self) {
+        if let Some(out) = self.out.take() {
+            let r = out.finish();
+            self.check(r);
+        }
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            if !self.counters.failed.swap(true, Ordering::Relaxed) {
+                tracing::error!(shard = self.shard, error = %e, "recording failed; stopped");
+            }
+            self.out = None;
+        }
+    }
+
+    fn write(&mut self, line: &str) {
+        if self.counters.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.remember(line);
+        let r = (|| -> std::io::Result<()> {
+            if self.bytes >= self.options.rotate_bytes || self.period_now() != self.period {
+                self.rotate()?;
+            }
+            if let Some(out) = self.out.as_mut() {
+                let w = out.writer();
+                w.write_all(line.as_bytes())?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        })();
+        if r.is_ok() {
+            self.bytes += line.len() as u64 + 1;
+            self.counters.lines_written.fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes_in.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+        }
+        self.check(r);
+    }
+
+    /// Keeps the tracked markets and feeds up to date for the next file's preamble.
+    fn remember(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix('#') else { return };
+        let mut parts = rest.split(' ');
+        match parts.next() {
+            Some("track") => {
+                if let Some(m) = parts.next() {
+                    self.markets.insert(m.to_owned(), line.to_owned());
+                }
+            }
+            Some("untrack") => {
+                if let Some(m) = parts.next() {
+                    self.markets.remove(m);
+                }
+                for t in parts {
+                    self.feeds.remove(t);
+                }
+            }
+            Some("assign") => {
+                if let Some(feed) = parts.next().and_then(|f| f.parse().ok()) {
+                    for t in parts {
+                        self.feeds.insert(t.to_owned(), feed);
+                    }
+                }
+            }
+            Some("lost") => {
+                if let Some(feed) = parts.next().and_then(|f| f.parse::<u32>().ok()) {
+                    for t in parts {
+                        if self.feeds.get(t) == Some(&feed) {
+                            self.feeds.remove(t);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(old) = self.out.take() {
+            old.finish()?;
+        }
+        let ext = if self.options.compress { "rec.zst" } else { "rec" };
+        // Continue after files left by an earlier run in the same directory.
+        let (path, file) = loop {
+            self.seq += 1;
+            let stem = format!("shard-{}-{:06}", self.shard, self.seq);
+            let taken =
+                ["rec", "rec.zst"].iter().any(|e| self.dir.join(format!("{stem}.{e}")).exists());
+            if !taken {
+                let path = self.dir.join(format!("{stem}.{ext}"));
+                let file = File::create(&path)?;
+                break (path, file);
+            }
+        };
+        let buf = BufWriter::with_capacity(1 << 20, file);
+        let mut out = if self.options.compress {
+            Out::Zstd(zstd::Encoder::new(buf, self.options.zstd_level)?)
+        } else {
+            Out::Plain(buf)
+        };
+        let mut bytes = 0u64;
+        let mut put = |w: &mut dyn Write, line: &str| -> std::io::Result<()> {
+            bytes += line.len() as u64 + 1;
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")
+        };
+        let w = out.writer();
+        put(w, &self.header)?;
+        for line in self.markets.values() {
+            put(w, line)?;
+        }
+        let mut by_feed: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        for (t, f) in &self.feeds {
+            by_feed.entry(*f).or_default().push(t);
+        }
+        for (f, tokens) in by_feed {
+            put(w, &format!("#assign {f} {}", tokens.join(" ")))?;
+        }
+        put(w, PREAMBLE_END)?;
+        tracing::debug!(shard = self.shard, file = %path.display(), "recording to");
+        self.out = Some(out);
+        self.bytes = bytes;
+        self.period = self.period_now();
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }

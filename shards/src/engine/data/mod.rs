@@ -56,6 +56,7 @@ pub struct DataShardConfig {
     pub handler: Option<HandlerFactory>,
     /// Record every raw frame and feed decision here (`--record DIR`).
     pub record_dir: Option<std::path::PathBuf>,
+    pub record_options: super::record::RecordOptions,
     /// A socket with no data frame for this long marks its Live books Stale.
     pub stale_after: Duration,
 }
@@ -158,7 +159,7 @@ pub async fn run(
     let mut group = ConnGroup::new(cfg.conn_config(), cfg.store.clone());
     if let Some(dir) = cfg.record_dir.as_deref() {
         let settings = polybook::capture::RecordingSettings::of(&cfg.store);
-        match Recorder::open(dir, shard_id, &settings) {
+        match Recorder::open(dir, shard_id, &settings, cfg.record_options) {
             Ok(r) => group.set_journal(Box::new(r)),
             Err(e) => {
                 tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without")
