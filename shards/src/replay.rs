@@ -506,6 +506,47 @@ mod tests {
         }
     }
 
+    /// A compressed recording cut anywhere (the engine was killed) replays up to its last
+    /// complete block and is counted; damaged bytes never panic.
+    #[test]
+    fn cut_or_damaged_zstd_recordings_replay_what_they_can() {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("polybook-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let settings = polybook::capture::RecordingSettings::of(&StoreConfig::default());
+        let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = polybook::capture::recording_header_v2(&settings);
+        text.push('\n');
+        text.push_str("#track 0xm 0.01 5 false 7\n#assign 1 7\n");
+        let _ = enc.write_all(text.as_bytes());
+        let _ = enc.flush();
+        for i in 0..2000u64 {
+            let _ = writeln!(enc, "#settle {i}");
+        }
+        let whole = enc.finish().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("shard-0-000001.rec.zst");
+        let replay_bytes = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+            let mut errors = Vec::new();
+            replay_recording(std::slice::from_ref(&path), &mut errors)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (store, stats) = replay_bytes(&whole);
+        assert_eq!((store.len(), stats.truncated_files, stats.lines), (1, 0, 2003));
+        let (store, stats) = replay_bytes(&whole[..whole.len() - 3]);
+        assert_eq!((store.len(), stats.truncated_files), (1, 1));
+        for cut in [5, whole.len() / 2] {
+            let _ = replay_bytes(&whole[..cut]);
+        }
+        let mut flipped = whole.clone();
+        for i in (10..flipped.len()).step_by(7) {
+            flipped[i] ^= 0x5a;
+        }
+        let (_, stats) = replay_bytes(&flipped);
+        assert!(stats.truncated_files + stats.bad_lines > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn shard_of_strips_the_sequence_and_extension() {
         assert_eq!(shard_of(std::path::Path::new("/d/shard-3-000002.rec.zst")), "shard-3");

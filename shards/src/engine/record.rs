@@ -101,19 +101,7 @@ impl Recorder {
     ) -> std::io::Result<Recorder> {
         std::fs::create_dir_all(dir)?;
         let counters = Arc::new(RecordCounters::default());
-        let mut writer = Writer {
-            header: recording_header_v2(settings),
-            dir: dir.to_owned(),
-            shard,
-            seq: 0,
-            options,
-            out: None,
-            bytes: 0,
-            period: 0,
-            markets: BTreeMap::new(),
-            feeds: BTreeMap::new(),
-            counters: Arc::clone(&counters),
-        };
+        let mut writer = Writer::new(dir, shard, settings, options, Arc::clone(&counters));
         writer.rotate()?;
         let (tx, rx) = flume::bounded(options.queue_lines_max.max(1));
         let handle =
@@ -298,6 +286,28 @@ fn wall_secs() -> u64 {
 }
 
 impl Writer {
+    fn new(
+        dir: &Path,
+        shard: usize,
+        settings: &RecordingSettings,
+        options: RecordOptions,
+        counters: Arc<RecordCounters>,
+    ) -> Writer {
+        Writer {
+            header: recording_header_v2(settings),
+            dir: dir.to_owned(),
+            shard,
+            seq: 0,
+            options,
+            out: None,
+            bytes: 0,
+            period: 0,
+            markets: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+            counters,
+        }
+    }
+
     fn run(mut self, rx: flume::Receiver<Msg>) {
         loop {
             match rx.recv_timeout(IDLE_FLUSH) {
@@ -461,5 +471,102 @@ impl Writer {
         self.period = self.period_now();
         self.counters.files.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RecordingSettings {
+        RecordingSettings::of(&polybook::StoreConfig::default())
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("polybook-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn frame(market: &str, token: &str, price: &str) -> String {
+        format!(
+            "{{\"event_type\":\"price_change\",\"market\":\"{market}\",\"timestamp\":\"1\",\
+             \"price_changes\":[{{\"asset_id\":\"{token}\",\"price\":\"{price}\",\
+             \"size\":\"1\",\"side\":\"BUY\"}}]}}"
+        )
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_the_file_says_gap() {
+        let dir = temp_dir("gap");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let counters = Arc::new(RecordCounters::default());
+        let options = RecordOptions { queue_lines_max: 2, ..RecordOptions::default() };
+        // The writer is not running yet: the queue fills and the shard must not wait.
+        let (tx, rx) = flume::bounded(options.queue_lines_max);
+        let mut rec = Recorder {
+            shard: 0,
+            tx: Some(tx),
+            dropped_pending: 0,
+            warned: false,
+            counters: Arc::clone(&counters),
+            writer: None,
+        };
+        for i in 0..5 {
+            rec.frame(1_000_000 + i, 1, &frame("0xm", "7", "0.5"));
+        }
+        assert_eq!(counters.lines_queued.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.lines_dropped.load(Ordering::Relaxed), 3);
+        let mut writer = Writer::new(&dir, 0, &settings(), options, Arc::clone(&counters));
+        writer.rotate().unwrap_or_else(|e| panic!("{e}"));
+        let handle = std::thread::spawn(move || writer.run(rx));
+        poll(|| rec.tx.as_ref().is_some_and(|t| t.is_empty()));
+        rec.frame(2_000_000, 1, &frame("0xm", "7", "0.4"));
+        rec.finish();
+        let _ = handle.join();
+        let files = crate::replay::recording_files(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut errors = Vec::new();
+        let (_, stats) =
+            crate::replay::replay_recording(&files, &mut errors).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stats.recording_gaps, stats.recording_lines_dropped), (1, 3));
+        assert_eq!(stats.bad_lines, 0, "{}", String::from_utf8_lossy(&errors));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn poll(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn rotated_files_restate_markets_and_feeds_in_their_preamble() {
+        let dir = temp_dir("preamble");
+        let options = RecordOptions { rotate_bytes: 1, ..RecordOptions::default() };
+        let mut rec =
+            Recorder::open(&dir, 3, &settings(), options).unwrap_or_else(|e| panic!("{e}"));
+        let meta = TokenMeta::default();
+        rec.track("0xa", &meta, &["1", "2"]);
+        rec.track("0xb", &meta, &["3", "4"]);
+        rec.assign(9, &["1", "2", "3"]);
+        rec.lost(9, &["3"]);
+        rec.untrack("0xb", &["3", "4"]);
+        rec.settle(5);
+        rec.finish();
+        let files = crate::replay::recording_files(&dir).unwrap_or_else(|e| panic!("{e}"));
+        // Every line went to a new file (rotate_bytes 1); the last one's preamble says it all.
+        assert_eq!(files.len(), 7, "{files:?}");
+        let last = files.last().map(|f| {
+            let r = crate::replay::open_recording(f).unwrap_or_else(|e| panic!("{e}"));
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut { r.lines }, &mut text);
+            text
+        });
+        let text = last.unwrap_or_default();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines, ["#track 0xa - - - 1 2", "#assign 9 1 2", PREAMBLE_END, "#settle 5"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
