@@ -50,6 +50,13 @@ enum Command {
     Sim {
         #[command(flatten)]
         sim: SimArgs,
+        /// Serve this recording instead of the model: Gamma lists its markets, the WebSocket
+        /// plays its frames (`--listen` applies; the model's options do not).
+        #[arg(long, value_name = "RECORDING")]
+        replay: Option<PathBuf>,
+        /// With --replay: 1 (as recorded), 10 (ten times faster), any whole number, or max.
+        #[arg(long, default_value = "1", requires = "replay")]
+        speed: polybook_shards::sim_server::replay_venue::Speed,
     },
     /// Validate a configuration file and print the resolved settings.
     CheckConfig {
@@ -235,7 +242,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             engine.stop();
             Ok(())
         }
-        Command::Sim { sim } => {
+        Command::Sim { sim, replay: Some(recording), speed } => {
+            init_logging("info", cli.log_json);
+            use polybook_shards::sim_server::replay_venue::serve_recording;
+            let (handle, frames, markets) = serve_recording(&recording, &sim.listen, speed)?;
+            println!("replay venue on {} ({markets} markets, {frames} frames)", handle.http_url());
+            println!("  ws: {}  status: {}/sim/status", handle.ws_url(), handle.http_url());
+            wait_for_signal()?;
+            handle.stop();
+            Ok(())
+        }
+        Command::Sim { sim, .. } => {
             init_logging("info", cli.log_json);
             let handle = polybook_shards::sim_server::spawn_sim_server(sim.config()?)?;
             println!("simulated exchange on {} (markets: {})", handle.http_url(), sim.markets);

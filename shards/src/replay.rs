@@ -286,6 +286,8 @@ fn recording_settings(
 /// that carries a time, that time and the store as it was (export's cadence uses it).
 pub trait ReplayVisitor: UpdateSink {
     fn before(&mut self, _recv_ns: u64, _store: &BookStore) {}
+    /// After a frame was applied: its receive time and text (unescaped).
+    fn after_frame(&mut self, _recv_ns: u64, _text: &str) {}
 }
 
 impl ReplayVisitor for NoSink {}
@@ -401,7 +403,16 @@ pub fn replay_recording_with(
                 }
                 visitor.before(t, &store);
             }
-            match polybook::capture::replay_record_line(&mut store, &rec, v2, visitor) {
+            let applied = polybook::capture::replay_record_line(&mut store, &rec, v2, visitor);
+            if let (Ok(Some(_)), RecordLine::Frame { recv_ns, frame, .. }) = (&applied, &rec) {
+                let text = if v2 {
+                    polybook::capture::unescape_frame(frame).unwrap_or_default()
+                } else {
+                    std::borrow::Cow::Borrowed(*frame)
+                };
+                visitor.after_frame(*recv_ns, &text);
+            }
+            match applied {
                 Ok(Some(r)) if !r.errors.is_empty() => {
                     stats.bad_lines += 1;
                     for e in &r.errors {

@@ -32,6 +32,7 @@
 
 mod driver;
 mod fault;
+pub mod replay_venue;
 mod routes;
 mod state;
 mod ws;
