@@ -542,6 +542,26 @@ mod tests {
     }
 
     #[test]
+    fn a_new_period_starts_a_new_file() {
+        let dir = temp_dir("period");
+        let options = RecordOptions { rotate_secs: 1, ..RecordOptions::default() };
+        let mut rec =
+            Recorder::open(&dir, 0, &settings(), options).unwrap_or_else(|e| panic!("{e}"));
+        rec.settle(1);
+        let second = wall_secs();
+        poll(|| wall_secs() > second);
+        rec.settle(2);
+        rec.finish();
+        let files = crate::replay::recording_files(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(files.len() >= 2, "{files:?}");
+        let mut errors = Vec::new();
+        let (_, stats) =
+            crate::replay::replay_recording(&files, &mut errors).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stats.bad_lines, stats.truncated_files), (0, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn rotated_files_restate_markets_and_feeds_in_their_preamble() {
         let dir = temp_dir("preamble");
         let options = RecordOptions { rotate_bytes: 1, ..RecordOptions::default() };
