@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Phases: the **wire baseline** (the generator flat out into counting clients, `wire.rs`),
-//! then one fresh engine per **step** (`step.rs`): offered 1 k, 10 k, 100 k frames/s and flat
+//! the **floor** at each paced rate (the same frames paced the same into the counting clients:
+//! the CPU a reader woken per frame costs on this machine, against which the engine's CPU per
+//! frame at that rate is read), then one fresh engine per **step** (`step.rs`): offered 1 k, 10 k, 100 k frames/s and flat
 //! out with 1 data shard (the first step also measures the idle data shard), flat out with 2
 //! data shards. Each step ends with every book compared with the model's truth at the cut;
 //! a mismatch makes the run fail (exit status 1). JSON goes to `target/bench-replay.json`.
@@ -56,7 +58,8 @@ const USAGE: &str = "usage: polybook-replay-bench [--quick|--full] [--markets N]
 [--no-verify-hash] [--seed N] [--out FILE]
   --steps: a number is frames/s offered to 1 data shard for --window seconds; max: flat out,
   1 data shard, --max-frames frames; max2: the same with 2 data shards. The first step also
-  measures the idle data shard for --idle seconds (0: not).";
+  measures the idle data shard for --idle seconds (0: not). Unless --no-wire: the wire baseline
+  flat out for --wire-secs, and the floor (counting clients) at each paced step's rate.";
 
 /// One step of the plan: frames/s offered (None: flat out) and data shards.
 #[derive(Debug, Clone, Copy)]
@@ -173,12 +176,21 @@ fn main() -> Result<()> {
 
     let wire = match plan.wire_secs {
         Some(secs) => {
-            let w = wire::wire_baseline(&corpus, gen, last, 400, secs)?;
+            let w = wire::wire_baseline(&corpus, gen, last, 400, secs, None)?;
             println!("{}", report::wire_line(&w));
             w
         }
         None => Value::Null,
     };
+    // The floor at each paced rate: the same frames, paced the same, into counting clients.
+    let mut floors = Vec::new();
+    if plan.wire_secs.is_some() {
+        for r in plan.steps.iter().filter_map(|s| s.rate) {
+            let w = wire::wire_baseline(&corpus, gen, last, 400, plan.window, Some(r))?;
+            println!("{}", report::floor_line(&w));
+            floors.push(w);
+        }
+    }
 
     let h = Http::new();
     let mut steps: Vec<(Placing, Step)> = Vec::new();
@@ -200,7 +212,7 @@ fn main() -> Result<()> {
         println!("{}", report::step_line(&v));
         results.push(v);
     }
-    let summary = report::summary(&wire, &results);
+    let summary = report::summary(&wire, &floors, &results);
     println!("{}", report::summary_lines(&summary));
     let out = json!({
         "tool": "polybook-replay-bench",
@@ -209,6 +221,7 @@ fn main() -> Result<()> {
         "machine": machine(),
         "corpus": corpus_json,
         "wire_baseline": wire,
+        "wire_paced": floors,
         "steps": results,
         "summary": summary,
     });
