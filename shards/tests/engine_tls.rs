@@ -105,7 +105,7 @@ fn clob_rest_client_trusts_tls_roots_file_and_names_itself() {
     let (sim, pem) = tls_sim(25, 5, 0.0);
     let cfg = with_tls_roots(engine_config(&sim, 40), Some(&pem));
     let token = sim_tokens(&sim).first().map(|(t, _)| t.clone()).unwrap_or_default();
-    let url = format!("{}/book?token_id={token}", cfg.endpoints.clob_url);
+    let url = format!("{}/book?token_id={token}", sim.http_url());
     let roots = cfg.tls_roots().to_vec();
     run_on_executor(Duration::from_secs(30), move || async move {
         // The options the engine gives its connections: webpki roots plus tls_roots_file.

@@ -56,6 +56,14 @@ pub fn get(url: &str) -> (u16, Value) {
     }
 }
 
+/// GET as text: (status, body).
+pub fn get_text(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
 pub fn post(url: &str, body: &str) -> u16 {
     match agent().post(url).header("content-type", "application/json").send(body) {
         Ok(r) => r.status().as_u16(),
