@@ -180,3 +180,19 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     let o = polybook(&dir, &["completions", "klingon"], &[]);
     assert_eq!(o.status.code(), Some(2), "a usage error is clap's exit 2");
 }
+
+#[test]
+fn the_container_config_needs_only_the_admin_token() {
+    let dir = scratch("container");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.toml");
+    let file = file.display().to_string();
+    let o = polybook(&dir, &["check-config", &file], &[]);
+    assert_eq!(o.status.code(), Some(78), "0.0.0.0 without a token is refused");
+    assert!(one_error_line(&o).contains("api.listen"));
+    let token = [("POLYBOOK_ADMIN_TOKEN", "0123456789abcdef0123")];
+    let o = polybook(&dir, &["check-config", &file], &token);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("listen = \"0.0.0.0:8080\"") && out.contains("<redacted>"), "{out}");
+    assert!(!out.contains("0123456789abcdef0123"), "the token is never printed");
+}

@@ -167,3 +167,55 @@ fn alert_rules_pass_promtool_check_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_seccomp_profile_allows_io_uring_and_denies_by_default() {
+    let path = repo_root().join("deploy/seccomp.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
+    let rules = p["syscalls"].as_array().cloned().unwrap_or_default();
+    let allowed: Vec<String> = rules
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+        .filter(|r| r.get("includes").is_none() && r.get("excludes").is_none())
+        .flat_map(|r| r["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    // What glommio and the engine call (liburing, membarrier, affinity, epoll, sockets).
+    for call in [
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "membarrier",
+        "sched_setaffinity",
+        "mlock",
+        "eventfd2",
+        "epoll_wait",
+        "socket",
+        "connect",
+        "clock_gettime",
+    ] {
+        assert!(allowed.iter().any(|n| n == call), "{call} not allowed");
+    }
+    let mut sorted = allowed.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), allowed.len(), "a syscall listed twice");
+}
+
+#[test]
+fn the_compose_file_mounts_files_that_exist() {
+    let deploy = repo_root().join("deploy");
+    let compose =
+        std::fs::read_to_string(deploy.join("compose.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = 0;
+    for word in compose.split(|c: char| c.is_whitespace() || c == '"' || c == '=') {
+        let Some(rel) = word.strip_prefix("./") else { continue };
+        let rel = rel.split(':').next().unwrap_or_default();
+        assert!(deploy.join(rel).exists(), "compose.yaml names ./{rel}, which is missing");
+        seen += 1;
+    }
+    assert!(seen >= 4, "seccomp, prometheus, grafana provisioning and dashboard");
+    assert!(repo_root().join("deploy/Dockerfile").exists());
+}
