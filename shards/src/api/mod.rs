@@ -15,6 +15,7 @@ mod limiter;
 mod markets;
 mod metrics;
 mod params;
+mod process;
 mod routes;
 mod stats;
 

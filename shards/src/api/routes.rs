@@ -118,7 +118,10 @@ impl Api {
                 Box::pin(future::ready(health::ready(&control, pct_min)))
             }
             Route::Stats => Box::pin(future::ready(stats::stats(&control, &self.live))),
-            Route::Metrics => Box::pin(future::ready(metrics::metrics(&control))),
+            Route::Metrics => {
+                let refused = self.limiter.borrow().refused;
+                Box::pin(future::ready(metrics::metrics(&control, &self.live, refused)))
+            }
             Route::Markets => {
                 let q = markets::MarketQuery::parse(req, control.shards.len().max(1))?;
                 Box::pin(future::ready(markets::list(&control, &q)))

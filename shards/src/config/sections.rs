@@ -34,7 +34,6 @@ impl From<&Selection> for polybook::registry::SelectionRules {
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {
     pub gamma_url: String,
-    pub clob_url: String,
     pub ws_url: String,
     /// PEM file of extra trusted roots (a private CA, a test venue's self-signed certificate),
     /// trusted besides the bundled webpki roots for https and wss. Relative to the working
@@ -47,7 +46,6 @@ impl Default for Endpoints {
     fn default() -> Self {
         Endpoints {
             gamma_url: "https://gamma-api.polymarket.com".into(),
-            clob_url: "https://clob.polymarket.com".into(),
             ws_url: "wss://ws-subscriptions-clob.polymarket.com/ws/market".into(),
             tls_roots_file: None,
         }

@@ -96,7 +96,6 @@ impl Config {
         in_range("selection.tag_ids (count)", sel.tag_ids.len(), 0, 100)?;
         for (key, url, schemes) in [
             ("endpoints.gamma_url", &self.endpoints.gamma_url, ["http://", "https://"]),
-            ("endpoints.clob_url", &self.endpoints.clob_url, ["http://", "https://"]),
             ("endpoints.ws_url", &self.endpoints.ws_url, ["ws://", "wss://"]),
         ] {
             if !schemes.iter().any(|s| url.starts_with(s)) {

@@ -9,6 +9,7 @@ pub mod mesh;
 pub mod record;
 pub mod stream;
 pub mod supervise;
+pub mod uring;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub enum EngineError {
     Tls(String),
     #[error("API: {0}")]
     Api(String),
+    /// Found before any executor starts (see `uring`).
+    #[error(transparent)]
+    IoUring(uring::IoUringUnavailable),
 }
 
 /// CPUs for the control shard and each data shard.
@@ -204,6 +208,7 @@ fn start_with(
     let layout = resolve_layout(cfg, cpus)?;
     let (supervisor, failures) = supervise::Supervisor::new();
     let io_memory = cfg.layout.io_memory_kib << 10;
+    uring::probe(io_memory).map_err(EngineError::IoUring)?;
     // One trust for every TLS connection (wss here, https REST through the same options):
     // the webpki roots plus `endpoints.tls_roots_file`.
     let tls = Some(

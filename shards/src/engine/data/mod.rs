@@ -134,6 +134,8 @@ struct Shell {
     connect: ConnectOptions,
     clock: Clock,
     hist: Option<Histogram<u64>>,
+    /// Exact sum of the recorded latencies (ns), for the histogram's `_sum`.
+    hist_sum_ns: u64,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
     pending_reports: std::collections::VecDeque<Report>,
@@ -179,6 +181,7 @@ pub async fn run(
         clock: Clock::start(),
         // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
         hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).ok(),
+        hist_sum_ns: 0,
         reports,
         pending_reports: std::collections::VecDeque::new(),
         actions: Vec::new(),
