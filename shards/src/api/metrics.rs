@@ -52,6 +52,18 @@ struct Scrape {
     markets: [(Lifecycle, usize); 4],
     discovery: [u64; 4],
     rss: Option<u64>,
+    /// `[publish.nats]`'s publisher (None: off, and its families are left out).
+    nats: Option<NatsScrape>,
+}
+
+#[derive(Clone, Copy)]
+struct NatsScrape {
+    connected: bool,
+    published: u64,
+    dropped_disconnected: u64,
+    publish_errors: u64,
+    reconnects: u64,
+    republished: u64,
 }
 
 const fn m(name: &'static str, kind: Kind, help: &'static str, source: Source) -> Metric {
@@ -263,6 +275,54 @@ const METRICS: &[Metric] = &[
         Global(|s| Some(s.discovery[3])),
     ),
     m("process_resident_memory_bytes", Gauge, "Resident set size", Global(|s| s.rss)),
+    m(
+        "nats_queued_messages_total",
+        Counter,
+        "Messages a shard handed the NATS publisher",
+        Shard(|s| s.nats.map_or(0, |n| n.sent)),
+    ),
+    m(
+        "nats_channel_dropped_messages_total",
+        Counter,
+        "Messages lost to a full NATS publisher channel (repaired by a snapshot)",
+        Shard(|s| s.nats.map_or(0, |n| n.dropped)),
+    ),
+    m(
+        "nats_connected",
+        Gauge,
+        "1 while the NATS publisher is connected",
+        Global(|s| s.nats.map(|n| u64::from(n.connected))),
+    ),
+    m(
+        "nats_published_messages_total",
+        Counter,
+        "Messages published to NATS",
+        Global(|s| s.nats.map(|n| n.published)),
+    ),
+    m(
+        "nats_disconnected_dropped_messages_total",
+        Counter,
+        "Messages not published because NATS was down (snapshots are republished)",
+        Global(|s| s.nats.map(|n| n.dropped_disconnected)),
+    ),
+    m(
+        "nats_publish_errors_total",
+        Counter,
+        "NATS publishes refused or timed out",
+        Global(|s| s.nats.map(|n| n.publish_errors)),
+    ),
+    m(
+        "nats_reconnects_total",
+        Counter,
+        "NATS connections made after the first",
+        Global(|s| s.nats.map(|n| n.reconnects)),
+    ),
+    m(
+        "nats_republished_snapshots_total",
+        Counter,
+        "Snapshots republished after a NATS connect",
+        Global(|s| s.nats.map(|n| n.republished)),
+    ),
 ];
 
 /// `GET /metrics`.
@@ -274,6 +334,17 @@ pub fn metrics(control: &Control) -> Response {
             markets: control.registry.borrow().by_state(),
             discovery: [d.runs, d.failures, d.requests, d.retries],
             rss: process_rss_bytes(),
+            nats: control.nats.as_ref().map(|n| {
+                use std::sync::atomic::Ordering::Relaxed;
+                NatsScrape {
+                    connected: n.connected.load(Relaxed),
+                    published: n.published.load(Relaxed),
+                    dropped_disconnected: n.dropped_disconnected.load(Relaxed),
+                    publish_errors: n.publish_errors.load(Relaxed),
+                    reconnects: n.reconnects(),
+                    republished: n.republished.load(Relaxed),
+                }
+            }),
         }
     };
     let mut resp = Response::text(200, render(METRICS, &scrape));
@@ -379,6 +450,7 @@ mod tests {
             markets: Lifecycle::ALL.map(|l| (l, usize::from(l == Lifecycle::Active) * 3)),
             discovery: [5, 1, 9, 2],
             rss: None,
+            nats: None,
         }
     }
 
