@@ -12,16 +12,18 @@ The protocol (see README "Books over NATS"):
 
     pip install nats-py
     python3 examples/nats_consumer.py --url nats://127.0.0.1:4222 [--prefix polybook]
-        [--seconds 30] [--quiet]
+        [--seconds 30 | --until-eof] [--quiet]
 
 It subscribes to the live subjects first, then reads the stored snapshots, so nothing falls
-between the two. `--seconds` stops it after that long; the last lines are a summary (books,
-gaps, deltas applied) that the CI check reads.
+between the two. `--seconds` stops it after that long, `--until-eof` when its standard input
+closes; then it prints a summary (books, gaps, deltas applied) and every book's top, which the
+test `python_example_keeps_the_books` reads.
 """
 
 import argparse
 import asyncio
 import json
+import sys
 from decimal import Decimal
 
 import nats
@@ -115,6 +117,7 @@ async def main():
     ap.add_argument("--url", default="nats://127.0.0.1:4222")
     ap.add_argument("--prefix", default="polybook")
     ap.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
+    ap.add_argument("--until-eof", action="store_true", help="stop when stdin closes")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     args = ap.parse_args()
 
@@ -148,20 +151,26 @@ async def main():
             stream=stream_name(args.prefix),
             config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
         )
-        while True:
+        # Snapshots keep arriving while this reads: take what was stored when the consumer
+        # was made (one per token); the live subscription has everything after.
+        left = (await sub.consumer_info()).num_pending
+        while left > 0:
             try:
-                msgs = await sub.fetch(500, timeout=1)
+                msgs = await sub.fetch(min(left, 500), timeout=2)
             except nats.errors.TimeoutError:
                 break
             for m in msgs:
                 show(books.snapshot(json.loads(m.data)))
                 await m.ack()
-            if not msgs:
-                break
+            left -= len(msgs)
+        await sub.unsubscribe()
     except nats.js.errors.NotFoundError:
         print("no snapshot stream yet: books start with the next snapshots", flush=True)
 
-    if args.seconds > 0:
+    print("ready", flush=True)
+    if args.until_eof:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    elif args.seconds > 0:
         await asyncio.sleep(args.seconds)
     else:
         await asyncio.Event().wait()

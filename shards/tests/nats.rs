@@ -630,9 +630,16 @@ fn stalled_subscriber(port: u16) -> socket2::Socket {
 #[test]
 fn slow_consumer_is_cut_by_the_server_and_the_engine_does_not_notice() {
     let nats = NatsServer::start("slow", Some(256 << 10));
-    let sim = sim(73, 30, 3000.0);
+    let sim = sim(73, 30, 1000.0);
     let engine = start(&nats_engine(&sim, &nats.url(), None, 1 << 16));
-    wait_for("books live", Duration::from_secs(60), || all_books_settled(&engine, 60));
+    wait_for("books live", Duration::from_secs(60), || {
+        let live = total(&stats(&engine), "books_live");
+        if live >= 40 {
+            Ok(())
+        } else {
+            Err(format!("{live} books live"))
+        }
+    });
     let before = stats(&engine);
     let _stalled = stalled_subscriber(nats.port);
     wait_for("the server cuts the stalled subscriber", Duration::from_secs(90), || {
@@ -656,6 +663,89 @@ fn slow_consumer_is_cut_by_the_server_and_the_engine_does_not_notice() {
     wait_for("engine books equal the truth", Duration::from_secs(30), || {
         compare_with_truth(&engine, &sim, &|_, _| false)
     });
+    engine.stop();
+    sim.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The README's consumer (`examples/nats_consumer.py`, nats-py) keeps every book: at rest its
+/// top of book is the truth's. `.ci/test` installs nats-py; without it this fails.
+#[test]
+fn python_example_keeps_the_books() {
+    use std::io::BufRead;
+    let nats = NatsServer::start("python", None);
+    let sim = sim(74, 30, 300.0);
+    let engine = start(&nats_engine(&sim, &nats.url(), None, 1 << 16));
+    wait_for("books live", Duration::from_secs(60), || all_books_settled(&engine, 60));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nats_consumer.py");
+    let mut py = Command::new("python3")
+        .arg(script)
+        .args(["--url", &nats.url(), "--until-eof", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e} (the NATS example needs python3 + nats-py)"));
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap_or_else(|| panic!("stdout")));
+    let mut first = String::new();
+    let _ = out.read_line(&mut first);
+    if !first.starts_with("ready") && !first.starts_with("no snapshot stream") {
+        let mut err = String::new();
+        if let Some(mut e) = py.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("nats_consumer.py did not start (pip install nats-py; .ci/test does): {first}{err}");
+    }
+    wait_at_rest(&sim.http_url());
+    // At rest the engine's last snapshots go out within snapshot_interval_ms; wait until it
+    // has published nothing new for a while before ending the consumer.
+    let mut last = u64::MAX;
+    wait_for("engine publishing settles", Duration::from_secs(30), || {
+        let p = u(&nats_stats(&engine), "published");
+        let quiet = p == last;
+        last = p;
+        std::thread::sleep(Duration::from_millis(800));
+        if quiet {
+            Ok(())
+        } else {
+            Err(format!("published {p}"))
+        }
+    });
+    drop(py.stdin.take());
+    let mut text = String::new();
+    let _ = out.read_to_string(&mut text);
+    let _ = py.wait();
+    let summary = text.lines().find(|l| l.starts_with("summary")).unwrap_or_default();
+    let tops: HashMap<String, (String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("book ")?.split(' ');
+            let token = f.next()?.to_owned();
+            let field = |k: &str, f: &[&str]| {
+                f.iter().find_map(|x| x.strip_prefix(k)).unwrap_or("None").to_owned()
+            };
+            let rest: Vec<&str> = f.collect();
+            Some((token, (field("bid=", &rest), field("ask=", &rest))))
+        })
+        .collect();
+    let best = |levels: &Value, max: bool| {
+        let prices = levels.as_array().into_iter().flatten().filter_map(|l| l[0].as_str());
+        let by_units = prices.map(|p| (price_units(p), p.to_owned()));
+        let pick = if max { by_units.max() } else { by_units.min() };
+        pick.map_or("None".to_owned(), |(_, p)| p)
+    };
+    let mut checked = 0;
+    for (token, active) in sim_tokens(&sim) {
+        if !active {
+            continue;
+        }
+        let (_, truth) = get(&format!("{}/sim/book/{token}", sim.http_url()));
+        let want = (best(&truth["bids"], true), best(&truth["asks"], false));
+        let have = tops.get(&token).unwrap_or_else(|| panic!("{token}: no book; {summary}"));
+        assert_eq!(have, &want, "{token}: python top of book vs truth; {summary}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no active book to check; {summary}");
+    assert!(summary.contains("deltas=") && !summary.contains("deltas=0 "), "{summary}");
     engine.stop();
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
 }
