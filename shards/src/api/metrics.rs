@@ -450,7 +450,14 @@ mod tests {
             markets: Lifecycle::ALL.map(|l| (l, usize::from(l == Lifecycle::Active) * 3)),
             discovery: [5, 1, 9, 2],
             rss: None,
-            nats: None,
+            nats: Some(NatsScrape {
+                connected: true,
+                published: 11,
+                dropped_disconnected: 0,
+                publish_errors: 0,
+                reconnects: 2,
+                republished: 0,
+            }),
         }
     }
 
@@ -472,6 +479,8 @@ mod tests {
             "polybook_markets{state=\"expired\"} 0",
             "polybook_discovery_requests_total 9",
             "polybook_recycles_total{shard=\"0\",outcome=\"started\"} 0",
+            "polybook_nats_connected 1",
+            "polybook_nats_reconnects_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
