@@ -34,6 +34,7 @@ fn shard_config(ws_url: String) -> DataShardConfig {
         handler: None,
         record_dir: None,
         stale_after: Duration::from_secs(15),
+        nats: None,
     }
 }
 

@@ -55,11 +55,12 @@ pub(crate) fn pin_current(cpu: usize) {
 
 const USAGE: &str = "usage: polybook-replay-bench [--quick|--full] [--markets N] [--window SECS] \
 [--max-frames N] [--steps RATE,..,max,max2] [--idle SECS] [--wire-secs SECS] [--no-wire] \
-[--no-verify-hash] [--seed N] [--out FILE]
+[--no-verify-hash] [--nats URL] [--seed N] [--out FILE]
   --steps: a number is frames/s offered to 1 data shard for --window seconds; max: flat out,
   1 data shard, --max-frames frames; max2: the same with 2 data shards. The first step also
   measures the idle data shard for --idle seconds (0: not). Unless --no-wire: the wire baseline
-  flat out for --wire-secs, and the floor (counting clients) at each paced step's rate.";
+  flat out for --wire-secs, and the floor (counting clients) at each paced step's rate.
+  --nats: every engine publishes every change to this NATS server ([publish.nats] url).";
 
 /// One step of the plan: frames/s offered (None: flat out) and data shards.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +92,7 @@ struct Plan {
     wire_secs: Option<f64>,
     quiet_wait: Duration,
     verify_hash: bool,
+    nats: Option<String>,
     out: String,
 }
 
@@ -106,6 +108,7 @@ fn parse_args() -> Result<Plan> {
         wire_secs: Some(3.0),
         quiet_wait: Duration::from_secs(3),
         verify_hash: true,
+        nats: None,
         out: format!("{}/../target/bench-replay.json", env!("CARGO_MANIFEST_DIR")),
     };
     let mut args = std::env::args().skip(1);
@@ -127,6 +130,7 @@ fn parse_args() -> Result<Plan> {
             "--wire-secs" => p.wire_secs = Some(val()?.parse()?),
             "--no-wire" => p.wire_secs = None,
             "--no-verify-hash" => p.verify_hash = false,
+            "--nats" => p.nats = Some(val()?),
             "--out" => p.out = val()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -201,7 +205,10 @@ fn main() -> Result<()> {
         let idle = (i == 0 && plan.idle > 0.0).then(|| Duration::from_secs_f64(plan.idle));
         let (shards, rate, frames) = (sp.shards, sp.rate, frames_of(sp));
         let (quiet_wait, verify_hash) = (plan.quiet_wait, plan.verify_hash);
-        steps.push((p, Step { shards, rate, frames, idle, quiet_wait, verify_hash }));
+        steps.push((
+            p,
+            Step { shards, rate, frames, idle, quiet_wait, verify_hash, nats: plan.nats.clone() },
+        ));
     }
     println!("{}", report::STEP_HEADER);
     let mut results = Vec::new();

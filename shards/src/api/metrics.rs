@@ -63,6 +63,18 @@ struct Scrape {
     hub: [u64; 3],
     rate_limited: u64,
     process: ProcessStats,
+    /// `[publish.nats]`'s publisher (None: off, and its families are left out).
+    nats: Option<NatsScrape>,
+}
+
+#[derive(Clone, Copy)]
+struct NatsScrape {
+    connected: bool,
+    published: u64,
+    dropped_disconnected: u64,
+    publish_errors: u64,
+    reconnects: u64,
+    republished: u64,
 }
 
 const fn m(name: &'static str, kind: Kind, help: &'static str, source: Source) -> Metric {
@@ -382,6 +394,54 @@ const METRICS: &[Metric] = &[
         "Maximum number of open file descriptors",
         Global(|s| s.process.max_fds),
     ),
+    m(
+        "polybook_nats_queued_messages_total",
+        Counter,
+        "Messages a shard handed the NATS publisher",
+        Shard(|s| s.nats.map_or(0, |n| n.sent)),
+    ),
+    m(
+        "polybook_nats_channel_dropped_messages_total",
+        Counter,
+        "Messages lost to a full NATS publisher channel (repaired by a snapshot)",
+        Shard(|s| s.nats.map_or(0, |n| n.dropped)),
+    ),
+    m(
+        "polybook_nats_connected",
+        Gauge,
+        "1 while the NATS publisher is connected",
+        Global(|s| s.nats.map(|n| u64::from(n.connected))),
+    ),
+    m(
+        "polybook_nats_published_messages_total",
+        Counter,
+        "Messages published to NATS",
+        Global(|s| s.nats.map(|n| n.published)),
+    ),
+    m(
+        "polybook_nats_disconnected_dropped_messages_total",
+        Counter,
+        "Messages not published because NATS was down (snapshots are republished)",
+        Global(|s| s.nats.map(|n| n.dropped_disconnected)),
+    ),
+    m(
+        "polybook_nats_publish_errors_total",
+        Counter,
+        "NATS publishes refused or timed out",
+        Global(|s| s.nats.map(|n| n.publish_errors)),
+    ),
+    m(
+        "polybook_nats_reconnects_total",
+        Counter,
+        "NATS connections made after the first",
+        Global(|s| s.nats.map(|n| n.reconnects)),
+    ),
+    m(
+        "polybook_nats_republished_snapshots_total",
+        Counter,
+        "Snapshots republished after a NATS connect",
+        Global(|s| s.nats.map(|n| n.republished)),
+    ),
 ];
 
 /// `GET /metrics`; `rate_limited` is the API's count of 429s.
@@ -400,6 +460,17 @@ pub fn metrics(control: &Control, live: &Streams, rate_limited: u64) -> Response
             hub: [hub.clients() as u64, hub.clients_dropped_slow, hub.messages_sent],
             rate_limited,
             process: ProcessStats::read(),
+            nats: control.nats.as_ref().map(|n| {
+                use std::sync::atomic::Ordering::Relaxed;
+                NatsScrape {
+                    connected: n.connected.load(Relaxed),
+                    published: n.published.load(Relaxed),
+                    dropped_disconnected: n.dropped_disconnected.load(Relaxed),
+                    publish_errors: n.publish_errors.load(Relaxed),
+                    reconnects: n.reconnects(),
+                    republished: n.republished.load(Relaxed),
+                }
+            }),
         }
     };
     let mut resp = Response::text(200, render(METRICS, &scrape));
@@ -523,6 +594,14 @@ mod tests {
             hub: [2, 1, 50],
             rate_limited: 6,
             process: ProcessStats { open_fds: Some(12), ..ProcessStats::default() },
+            nats: Some(NatsScrape {
+                connected: true,
+                published: 11,
+                dropped_disconnected: 0,
+                publish_errors: 0,
+                reconnects: 2,
+                republished: 0,
+            }),
         }
     }
 
@@ -565,6 +644,8 @@ mod tests {
             "polybook_apply_latency_seconds_bucket{shard=\"0\",le=\"+Inf\"} 4",
             "polybook_apply_latency_seconds_sum{shard=\"0\"} 2.5",
             "polybook_apply_latency_seconds_count{shard=\"0\"} 4",
+            "polybook_nats_connected 1",
+            "polybook_nats_reconnects_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

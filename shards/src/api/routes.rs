@@ -115,7 +115,8 @@ impl Api {
             Route::Health => Box::pin(future::ready(health::health(&control))),
             Route::Ready => {
                 let pct_min = self.cfg.ready_books_live_pct_min;
-                Box::pin(future::ready(health::ready(&control, pct_min)))
+                let needs_nats = self.cfg.ready_needs_nats;
+                Box::pin(future::ready(health::ready(&control, pct_min, needs_nats)))
             }
             Route::Stats => Box::pin(future::ready(stats::stats(&control, &self.live))),
             Route::Metrics => {

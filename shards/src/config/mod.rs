@@ -15,7 +15,7 @@ pub use env::env_overrides;
 
 pub use sections::{
     Api, AutoWord, Connections, DataCores, Discovery, Endpoints, Integrity, Layout, Lifecycle, Log,
-    Secret, Selection, HTTP_CONNECTIONS_RESERVED_MIN,
+    Nats, Publish, Secret, Selection, HTTP_CONNECTIONS_RESERVED_MIN,
 };
 
 /// Everything that can be wrong with a configuration. Each message is one line that says
@@ -66,6 +66,7 @@ pub struct Config {
     pub selection: Selection,
     pub api: Api,
     pub log: Log,
+    pub publish: Publish,
 }
 
 /// A configuration whose every limit was checked; only [`Config::validate`] makes one.
@@ -235,6 +236,33 @@ mod tests {
         }
         let c = Config::from_toml("[api]\nconnections_max = 64\n", "x").map(|c| c.api);
         assert_eq!(c.map(|a| a.ws_connections_limit()).ok(), Some(48));
+    }
+
+    #[test]
+    fn partition_and_nats_keys_are_checked_with_the_key() {
+        for (text, key) in [
+            ("[selection]\npartition = \"2/2\"\n", "selection.partition"),
+            ("[selection]\npartition = \"0/0\"\n", "selection.partition"),
+            ("[selection]\npartition = \"half\"\n", "selection.partition"),
+            ("[publish.nats]\nurl = \"\"\n", "publish.nats.url"),
+            ("[publish.nats]\nsubject_prefix = \"a.>\"\n", "publish.nats.subject_prefix"),
+            ("[publish.nats]\nsubject_prefix = \"a..b\"\n", "publish.nats.subject_prefix"),
+            ("[publish.nats]\nchannel_capacity = 1\n", "publish.nats.channel_capacity"),
+            ("[publish.nats]\nsnapshot_interval_ms = 0\n", "publish.nats.snapshot_interval_ms"),
+            ("[publish.nats]\nuser = \"u\"\ntoken = \"t\"\n", "publish.nats"),
+            ("[publish.nats]\npassword = \"p\"\n", "publish.nats.password"),
+        ] {
+            match Config::from_toml(text, "x").and_then(Config::validate) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let ok =
+            "[selection]\npartition = \"1/3\"\n[publish.nats]\nurl = \"nats://127.0.0.1:4222\"\n";
+        let c = Config::from_toml(ok, "x").and_then(Config::validate);
+        let Ok(c) = c else { panic!("{c:?}") };
+        assert_eq!(c.selection.partition().map(|p| p.to_string()).as_deref(), Some("1/3"));
+        assert!(Config::from_toml("[publish.nats]\nurl_ = \"x\"\n", "x").is_err());
     }
 
     #[test]

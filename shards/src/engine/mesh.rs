@@ -85,6 +85,9 @@ pub struct ShardStats {
     pub streamed_tokens: usize,
     pub stream_dropped: u64,
     pub stream_gap_snapshots: u64,
+    /// The shard's side of `[publish.nats]` (None: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsShardStats>,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,
@@ -123,4 +126,15 @@ pub struct LatencyBuckets {
     pub cumulative: [u64; APPLY_LATENCY_BOUNDS_NS.len()],
     pub count: u64,
     pub sum_ns: u64,
+}
+
+/// What a data shard handed the NATS publisher.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct NatsShardStats {
+    /// Messages queued for the publisher.
+    pub sent: u64,
+    /// Messages lost to a full publisher channel (the token's next message is a snapshot).
+    pub dropped: u64,
+    /// Snapshots rendered for NATS (periodic and repairs; replacements are deltas).
+    pub snapshots: u64,
 }

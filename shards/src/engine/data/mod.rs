@@ -58,6 +58,8 @@ pub struct DataShardConfig {
     pub record_dir: Option<std::path::PathBuf>,
     /// A socket with no data frame for this long marks its Live books Stale.
     pub stale_after: Duration,
+    /// `[publish.nats]`: the publisher's channel and the snapshot interval (None: off).
+    pub nats: Option<(flume::Sender<crate::engine::nats::PubMsg>, Duration)>,
 }
 
 impl DataShardConfig {
@@ -111,7 +113,7 @@ impl UpdateSink for Outputs {
         if let Some(h) = self.handler.as_mut() {
             h.on_update(update, book);
         }
-        if !self.tap.is_empty() {
+        if self.tap.active() {
             self.tap.on_update(update, book);
         }
     }
@@ -172,7 +174,12 @@ pub async fn run(
         group,
         outputs: Outputs {
             handler: cfg.handler.as_ref().map(|make| make(shard_id)),
-            tap: StreamTap::new(streams),
+            tap: match &cfg.nats {
+                Some((tx, every)) => {
+                    StreamTap::new(streams).with_nats(tx.clone(), every.as_millis() as u64)
+                }
+                None => StreamTap::new(streams),
+            },
         },
         sockets: HashMap::new(),
         connecting: HashMap::new(),
@@ -192,6 +199,9 @@ pub async fn run(
     let stopping = Shutdown::new();
     spawn_in(control_q, timer_loop(Rc::clone(&shell), stopping.clone()));
     spawn_in(control_q, stats::stats_loop(Rc::clone(&shell), stats_out, stopping.clone()));
+    if let Some((_, every)) = &cfg.nats {
+        spawn_in(control_q, nats_snapshot_loop(Rc::clone(&shell), *every, stopping.clone()));
+    }
     let commands_done = Shutdown::new();
     let done = commands_done.clone();
     spawn_in(control_q, {
@@ -402,6 +412,30 @@ fn flush_reports(sh: &mut Shell) {
                 sh.pending_reports.clear();
                 break;
             }
+        }
+    }
+}
+
+/// Renders the NATS snapshots of changed books as they fall due. Wakes a few times per
+/// interval so a snapshot is at most ~1/4 interval late; only changed tokens are visited.
+async fn nats_snapshot_loop(shell: ShellRef, every: Duration, stop: Shutdown) {
+    let wake = (every / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    while !stop.is_triggered() {
+        future::or(glommio::timer::sleep(wake), stop.wait()).await;
+        // A slice at a time, like `/ws` subscribe snapshots, so a burst of due books does not
+        // hold the feed up.
+        loop {
+            let rendered = {
+                let mut sh = shell.borrow_mut();
+                let now_ms = crate::engine::clock::wall_ms();
+                let Shell { group, outputs, .. } = &mut *sh;
+                let store = group.store();
+                outputs.tap.nats_snapshots(now_ms, STREAM_SNAPSHOTS_PER_SLICE, |t| store.get(t))
+            };
+            if rendered < STREAM_SNAPSHOTS_PER_SLICE {
+                break;
+            }
+            glommio::yield_if_needed().await;
         }
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures_lite::future;
 use polybook::book::BookStatus;
-use polybook::TokenId;
 
 use super::{Shell, ShellRef};
 use hdrhistogram::Histogram;
@@ -35,8 +34,7 @@ pub(super) async fn stats_loop(shell: ShellRef, out: flume::Sender<ShardStats>, 
 /// Streamed tokens that lost a message and had no update since get their snapshot now.
 fn repair_stream_gaps(sh: &mut Shell) {
     let Shell { group, outputs, .. } = sh;
-    let gapped: Vec<TokenId> = outputs.tap.gaps().cloned().collect();
-    for t in gapped {
+    for t in outputs.tap.gaps() {
         match group.store().get(t.as_str()) {
             Some(book) => outputs.tap.repair(book),
             None => outputs.tap.untracked(&t),
@@ -105,6 +103,11 @@ pub(super) fn stats(sh: &Shell) -> ShardStats {
         stream_dropped: tap.dropped,
         stream_gap_snapshots: tap.gap_snapshots,
         streamed_tokens: tap.len(),
+        nats: tap.nats_counters().map(|n| crate::engine::mesh::NatsShardStats {
+            sent: n.sent,
+            dropped: n.dropped,
+            snapshots: n.snapshots,
+        }),
         apply_ns_p50: hist.map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: hist.map_or(0, |h| h.value_at_quantile(0.99)),
         apply_ns_p999: hist.map_or(0, |h| h.value_at_quantile(0.999)),
