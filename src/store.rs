@@ -50,6 +50,9 @@ pub struct StoreConfig {
     /// A Suspect book that stays divergent this long (store clock) is marked Resyncing even
     /// if it goes quiet; `failed_checks_max` divergent runs in a row do it sooner.
     pub divergence_ms_min: u64,
+    /// A checked book with this many level changes in a second keeps its levels rendered for
+    /// the hash (CPU for memory, see `Book::note_change`); 0: never.
+    pub render_hot_changes_per_s: u32,
 }
 
 impl Default for StoreConfig {
@@ -62,6 +65,7 @@ impl Default for StoreConfig {
             new_market_hints_max: 1024,
             window: CheckWindow::default(),
             divergence_ms_min: 1_000,
+            render_hot_changes_per_s: 20,
         }
     }
 }
@@ -658,6 +662,9 @@ impl BookStore {
                 }
             }
             let old = book.set_level(entry.side, entry.price, entry.size);
+            if verify {
+                book.note_change(now_ms, self.config.render_hot_changes_per_s);
+            }
             book.set_timestamp(ts);
             book.set_received_ms(now_ms);
             if book.status() == BookStatus::Stale {

@@ -483,3 +483,47 @@ fn store_a_divergence_that_persists_resyncs_even_when_the_book_goes_quiet() {
     assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Resyncing));
     assert_eq!(s.counters().hash.divergent, 1);
 }
+
+#[test]
+fn store_busy_book_keeps_levels_rendered_and_still_matches_quiet_one_stops() {
+    let (mut s, mut ra, _) = seeded();
+    let hot = StoreConfig::default().render_hot_changes_per_s;
+    assert!(hot > 0);
+    assert_eq!(s.get(A).map(Book::keeps_rendered), Some(false), "a fresh book renders on demand");
+    // One second with `hot` changes, each one a new timestamp: every hash is judged at once.
+    let mut ts = 100;
+    let change = |s: &mut BookStore, ra: &mut Book, now_ms: u64, ts: &mut u64| {
+        *ts += 1;
+        let size = format!("{}", 10 + *ts % 50);
+        let price = if *ts % 2 == 0 { "0.41" } else { "0.39" };
+        ra.set_level(Side::Buy, p(price), z(&size));
+        s.set_now_ms(now_ms);
+        s.apply_frame(
+            &pc_frame(&[entry(ra, Side::Buy, price, &size, *ts, None)], *ts),
+            &mut NoSink,
+        );
+    };
+    for i in 0..u64::from(hot) {
+        change(&mut s, &mut ra, 1_000 + i, &mut ts);
+    }
+    change(&mut s, &mut ra, 2_500, &mut ts);
+    assert_eq!(s.get(A).map(Book::keeps_rendered), Some(true), "busy: kept");
+    for i in 0..30 {
+        change(&mut s, &mut ra, 2_600 + i, &mut ts);
+    }
+    // A snapshot replaces the book: the kept rendering follows it.
+    ra.set_level(Side::Sell, p("0.7"), z("3"));
+    s.apply_frame(&book_frame(&ra, ts + 1), &mut NoSink);
+    ts += 1;
+    change(&mut s, &mut ra, 2_700, &mut ts);
+    // Two quiet seconds: at the next change the book stops keeping it.
+    change(&mut s, &mut ra, 4_000, &mut ts);
+    change(&mut s, &mut ra, 6_000, &mut ts);
+    assert_eq!(s.get(A).map(Book::keeps_rendered), Some(false), "quiet: dropped");
+    change(&mut s, &mut ra, 6_001, &mut ts);
+    settle_all(&mut s, 1_000_000);
+    let c = s.counters();
+    assert_eq!(c.hash_mismatches, 0, "{:?}", c.hash);
+    assert!(c.hash.matched_now >= u64::from(hot) + 34, "{:?}", c.hash);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Live));
+}

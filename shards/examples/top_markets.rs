@@ -58,7 +58,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         spawn_sim_server(SimServerConfig { markets: 200, rate: 2000.0, ..Default::default() })?;
     let mut cfg = Config::default();
     cfg.endpoints.gamma_url = sim.http_url();
-    cfg.endpoints.clob_url = sim.http_url();
     cfg.endpoints.ws_url = sim.ws_url();
     cfg.api.listen = "127.0.0.1:0".into();
     cfg.log.progress_interval_ms = 0;

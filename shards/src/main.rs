@@ -6,15 +6,43 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use polybook::book::TokenMeta;
 use polybook::{Price, Size};
-use polybook_shards::config::{Config, ValidConfig};
+use polybook_shards::config::{Config, ConfigSource, Loaded};
+
+/// Settings and exit codes, after every command's own help.
+const AFTER_HELP: &str = "\
+Settings, highest precedence first: command-line flags, then environment variables, then the \
+config file, then the defaults. The file is --config FILE, else $POLYBOOK_CONFIG, else \
+./config.toml if it exists; without one every key takes its default (and the log says so).
+
+Environment overrides:
+  POLYBOOK_CONFIG           the config file
+  POLYBOOK_API_LISTEN       api.listen (run --api beats it)
+  POLYBOOK_ADMIN_TOKEN      api.admin_token
+  POLYBOOK_ALLOWED_ORIGINS  api.allowed_origins, comma-separated
+  POLYBOOK_LOG_LEVEL        log.level (RUST_LOG beats it)
+  POLYBOOK_LOG_JSON         log.json: true/false (--log-json beats it)
+  POLYBOOK_CONTROL_CORE     layout.control_core
+  POLYBOOK_DATA_CORES       layout.data_cores: auto, or CPUs such as 1,2,3
+  POLYBOOK_IO_MEMORY_KIB    layout.io_memory_kib
+  POLYBOOK_GAMMA_URL        endpoints.gamma_url
+  POLYBOOK_WS_URL           endpoints.ws_url
+  POLYBOOK_TLS_ROOTS_FILE   endpoints.tls_roots_file
+
+Exit codes: 0 stopped cleanly; 1 runtime failure; 2 usage error; 69 io_uring unavailable \
+(seccomp, kernel.io_uring_disabled, memlock); 70 an engine thread died; 78 bad configuration.";
 
 #[derive(Parser, Debug)]
-#[command(name = "polybook", version, about = "Live, exact Polymarket L2 books")]
+#[command(
+    name = "polybook",
+    version,
+    about = "Live, exact Polymarket L2 books",
+    after_help = AFTER_HELP
+)]
 struct Cli {
-    /// Log JSON lines instead of the human format.
+    /// Log JSON lines instead of the human format (also POLYBOOK_LOG_JSON, log.json).
     #[arg(long, global = true)]
     log_json: bool,
     #[command(subcommand)]
@@ -24,19 +52,25 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Keep every active market's book live, against the endpoints in the config.
+    #[command(after_help = AFTER_HELP)]
     Run {
-        /// The configuration file (missing keys take their defaults).
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        /// The configuration file (missing keys take their defaults) [default: ./config.toml
+        /// if it exists, else every default].
+        #[arg(long, env = "POLYBOOK_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the HTTP API listens (overrides POLYBOOK_API_LISTEN and api.listen).
+        #[arg(long, value_name = "ADDR")]
+        api: Option<String>,
         /// Record every raw frame per shard under this directory (replay with `replay DIR`).
         #[arg(long)]
         record: Option<PathBuf>,
     },
     /// Run the simulated exchange and the engine in one process, pointed at each other.
+    #[command(after_help = AFTER_HELP)]
     Demo {
         /// The configuration file for the engine; endpoints are replaced by the simulator's.
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[arg(long, env = "POLYBOOK_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         sim: SimArgs,
         /// Where the engine's HTTP API listens (overrides the config).
@@ -58,12 +92,23 @@ enum Command {
         #[arg(long, default_value = "1", requires = "replay")]
         speed: polybook_shards::sim_server::replay_venue::Speed,
     },
-    /// Validate a configuration file and print the resolved settings.
+    /// Validate the configuration `run` would use (file, then environment overrides) and
+    /// print the resolved settings.
+    #[command(after_help = AFTER_HELP)]
     CheckConfig {
-        /// The configuration file.
-        #[arg(default_value = "config.toml")]
-        config: PathBuf,
+        /// The configuration file [default: $POLYBOOK_CONFIG, else ./config.toml if it
+        /// exists, else every default].
+        #[arg(env = "POLYBOOK_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
+    /// Print a shell completion script, e.g. `polybook completions bash > \
+    /// /etc/bash_completion.d/polybook`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `polybook man > polybook.1; man ./polybook.1`.
+    Man,
     /// Apply a recorded capture (one frame per line, optional `recv_ns ` prefix) to fresh books.
     Replay {
         /// A capture file, or an engine recording (a `--record` directory or one of its files).
@@ -153,7 +198,10 @@ fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr());
     if json {
         builder.json().init();
     } else {
@@ -161,26 +209,85 @@ fn init_logging(level: &str, json: bool) {
     }
 }
 
+/// ANSI colour only for a person at a terminal: never in a redirected log or a journal, and
+/// never with `NO_COLOR` set (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Exit codes (sysexits.h where one fits), so a supervisor can tell what to do: restarting
+/// does not mend a bad config (systemd: `RestartPreventExitStatus=78 69`).
+const EXIT_RUNTIME: u8 = 1;
+/// EX_UNAVAILABLE: io_uring cannot be set up (see `engine::uring`).
+const EXIT_IO_URING: u8 = 69;
+/// EX_SOFTWARE: an engine thread died; a supervisor restarts the process.
+const EXIT_THREAD_DIED: i32 = 70;
+/// EX_CONFIG: the configuration is invalid or cannot be read.
+const EXIT_CONFIG: u8 = 78;
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use polybook_shards::engine::EngineError;
+    if e.chain().any(|c| c.is::<polybook_shards::config::ConfigError>()) {
+        return EXIT_CONFIG;
+    }
+    match e.chain().find_map(|c| c.downcast_ref::<EngineError>()) {
+        Some(EngineError::IoUring(_)) => EXIT_IO_URING,
+        // A layout the machine cannot run is the config's to fix.
+        Some(EngineError::Layout(_)) => EXIT_CONFIG,
+        _ => EXIT_RUNTIME,
+    }
+}
+
+/// The error and its causes on one line, each cause once: a message that already contains
+/// its cause's text (many do, to read well alone) is not followed by it again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("polybook: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("polybook: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-fn load_config(path: &std::path::Path) -> anyhow::Result<ValidConfig> {
-    let cfg = if path.exists() {
-        Config::load(path)?
-    } else if path.as_os_str() == "config.toml" {
-        Config::default()
-    } else {
-        anyhow::bail!("config file {} does not exist", path.display());
-    };
-    Ok(cfg.validate()?)
+/// Loads the file and the environment's overrides, with `api` (a flag) on top.
+fn load_config(named: Option<&Path>, api: Option<String>) -> anyhow::Result<Loaded> {
+    let mut loaded = Config::load_with_env(named, &|k| std::env::var(k).ok())?;
+    if let Some(api) = api {
+        loaded.config.api.listen = api;
+    }
+    Ok(loaded)
+}
+
+/// Says where the settings came from, once logging is up.
+fn log_config_source(loaded: &Loaded) {
+    match &loaded.source {
+        ConfigSource::File(path) => tracing::info!(file = %path.display(), "configuration"),
+        ConfigSource::Defaults => tracing::info!(
+            "no config file (no --config or POLYBOOK_CONFIG, and no ./config.toml): using \
+             the defaults"
+        ),
+    }
+    if !loaded.env_applied.is_empty() {
+        tracing::info!(variables = ?loaded.env_applied, "environment overrides applied");
+    }
 }
 
 /// Blocks until SIGINT or SIGTERM; a second one exits the process at once.
@@ -188,9 +295,6 @@ fn wait_for_signal() -> anyhow::Result<()> {
     let never = flume::bounded::<polybook_shards::engine::supervise::Failure>(1).1;
     wait_for_signal_or_failure(&never)
 }
-
-/// Exit code when an engine thread died (EX_SOFTWARE): a supervisor restarts the process.
-const EXIT_THREAD_DIED: i32 = 70;
 
 /// Blocks until SIGINT or SIGTERM (a second one exits at once), or until an engine thread dies:
 /// then fail fast (see `engine::supervise`) — log it and exit non-zero without waiting for the
@@ -229,9 +333,11 @@ fn wait_for_signal_or_failure(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, record } => {
-            let cfg = load_config(&config)?;
+        Command::Run { config, api, record } => {
+            let loaded = load_config(config.as_deref(), api)?;
+            let cfg = loaded.config.clone().validate()?;
             init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
+            log_config_source(&loaded);
             let mut builder = polybook_shards::engine::Engine::builder(cfg);
             if let Some(dir) = record {
                 builder = builder.record(dir);
@@ -275,9 +381,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { config, sim, api, record } => {
-            let mut cfg: Config =
-                if config.exists() { Config::load(&config)? } else { Config::default() };
+            let loaded = load_config(config.as_deref(), api)?;
+            let mut cfg = loaded.config.clone();
             init_logging(&cfg.log.level, cli.log_json || cfg.log.json);
+            log_config_source(&loaded);
             let started = std::time::Instant::now();
             let sim_cfg = sim.config()?;
             // The engine trusts the simulator's certificate the way a user would: through
@@ -298,11 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let handle = polybook_shards::sim_server::spawn_sim_server(sim_cfg)?;
             cfg.endpoints.gamma_url = handle.http_url();
-            cfg.endpoints.clob_url = handle.http_url();
             cfg.endpoints.ws_url = handle.ws_url();
-            if let Some(api) = api {
-                cfg.api.listen = api;
-            }
             // The simulator lists markets at once; rediscover often so new ones show quickly.
             cfg.discovery.interval_ms = cfg.discovery.interval_ms.min(10_000);
             let mut builder = polybook_shards::engine::Engine::builder(cfg.validate()?);
@@ -329,9 +432,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            let valid = Config::load(&config)?.validate()?;
+            let loaded = load_config(config.as_deref(), None)?;
+            let valid = loaded.config.clone().validate()?;
             print!("{}", toml::to_string(&*valid)?);
-            println!("# {}: ok", config.display());
+            let from = match &loaded.source {
+                ConfigSource::File(path) => path.display().to_string(),
+                ConfigSource::Defaults => "no config file, defaults".to_owned(),
+            };
+            match loaded.env_applied.as_slice() {
+                [] => println!("# {from}: ok"),
+                vars => println!("# {from} with {}: ok", vars.join(", ")),
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "polybook", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
         Command::Export(args) => {
@@ -380,5 +500,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("cannot read x: No such file");
+        assert_eq!(one_line(&e), "cannot read x: No such file");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("cannot read x");
+        assert_eq!(one_line(&e), "cannot read x: No such file");
+    }
+
+    #[test]
+    fn bad_config_and_io_uring_have_their_own_exit_codes() {
+        use polybook_shards::config::ConfigError;
+        use polybook_shards::engine::uring::{Cause, IoUringUnavailable};
+        use polybook_shards::engine::EngineError;
+        let bad = ConfigError::Invalid { key: "api.listen", value: "x".into(), why: "no".into() };
+        assert_eq!(exit_code(&anyhow::Error::new(bad)), EXIT_CONFIG);
+        let uring = EngineError::IoUring(IoUringUnavailable { cause: Cause::Refused });
+        assert_eq!(exit_code(&anyhow::Error::new(uring)), EXIT_IO_URING);
+        assert_eq!(exit_code(&anyhow::Error::new(EngineError::Api("bind".into()))), EXIT_RUNTIME);
+    }
+
+    #[test]
+    fn the_help_lists_every_environment_override() {
+        for (var, key) in polybook_shards::config::env_overrides() {
+            let line = AFTER_HELP.lines().find(|l| l.trim_start().starts_with(var));
+            assert!(line.is_some_and(|l| l.contains(key)), "{var} ({key}) missing from help");
+        }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

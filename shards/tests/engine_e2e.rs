@@ -250,13 +250,6 @@ fn library_handler_sees_every_change() {
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn get_text(url: &str) -> (u16, String) {
-    match agent().get(url).call() {
-        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
-}
-
 /// Checks the Prometheus text format line by line; returns (name+labels, value) samples.
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     let mut typed = std::collections::HashSet::new();
@@ -266,8 +259,13 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
             let mut parts = rest.split_whitespace();
             let name = parts.next().unwrap_or_default();
             let kind = parts.next().unwrap_or_default();
-            assert!(["counter", "gauge"].contains(&kind), "bad type line: {line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "bad type line: {line}");
             typed.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    typed.insert(format!("{name}{suffix}"));
+                }
+            }
             continue;
         }
         if line.starts_with("# HELP ") || line.is_empty() {
@@ -315,7 +313,7 @@ fn api_markets_and_metrics() {
             .sum()
     };
     assert!(first.iter().any(|(s, v)| s == "polybook_markets{state=\"active\"}" && *v >= 25.0));
-    assert!(first.iter().any(|(s, _)| s.starts_with("polybook_apply_latency_ns{")));
+    assert!(first.iter().any(|(s, _)| s.starts_with("polybook_apply_latency_seconds_bucket{")));
     std::thread::sleep(Duration::from_secs(1));
     let second = parse_prometheus(&get_text(&format!("{api}/metrics")).1);
     assert!(frames(&second) > frames(&first), "frames_total must move");

@@ -35,6 +35,7 @@ fn shard_config(ws_url: String) -> DataShardConfig {
         record_dir: None,
         record_options: Default::default(),
         stale_after: Duration::from_secs(15),
+        nats: None,
     }
 }
 

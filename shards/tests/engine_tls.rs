@@ -1,4 +1,4 @@
-//! The engine's real code path: https Gamma (ureq), https CLOB REST (our client) and wss, against
+//! The engine's real code path: https Gamma (ureq) and wss, against
 //! the simulator serving TLS with a self-signed certificate on 127.0.0.1. Issue 11: ureq's
 //! default TLS config panicked on the first https request, and every other test used plain
 //! http/ws, so none noticed.
@@ -13,9 +13,7 @@ use polybook_shards::engine;
 use polybook_shards::engine::discovery::{
     discover, gamma_tls_config, DiscoveryError, DiscoveryLimits,
 };
-use polybook_shards::net::{
-    http_request, parse_pem_roots, tls_config_with_extra_roots, ConnectOptions, USER_AGENT,
-};
+use polybook_shards::net::{parse_pem_roots, USER_AGENT};
 use serde_json::Value;
 
 fn read_roots(pem: &std::path::Path) -> Vec<CertificateDer<'static>> {
@@ -96,32 +94,6 @@ fn engine_with_an_untrusted_certificate_reports_it_and_keeps_retrying() {
     // No request got past the handshake.
     assert_eq!(sim_status(&sim.http_url())["user_agents"]["gamma"]["requests"], 0);
     engine.stop();
-    sim.stop().unwrap_or_else(|e| panic!("{e}"));
-    let _ = std::fs::remove_file(&pem);
-}
-
-#[test]
-fn clob_rest_client_trusts_tls_roots_file_and_names_itself() {
-    let (sim, pem) = tls_sim(25, 5, 0.0);
-    let cfg = with_tls_roots(engine_config(&sim, 40), Some(&pem));
-    let token = sim_tokens(&sim).first().map(|(t, _)| t.clone()).unwrap_or_default();
-    let url = format!("{}/book?token_id={token}", cfg.endpoints.clob_url);
-    let roots = cfg.tls_roots().to_vec();
-    run_on_executor(Duration::from_secs(30), move || async move {
-        // The options the engine gives its connections: webpki roots plus tls_roots_file.
-        let tls = tls_config_with_extra_roots(&roots).unwrap_or_else(|e| panic!("{e}"));
-        let trusted = ConnectOptions { tls: Some(tls), ..ConnectOptions::default() };
-        let resp = http_request("GET", &url, None, &trusted).await;
-        let resp = resp.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        // Without the extra root: an error naming the certificate, not a hang or a panic.
-        let err = http_request("GET", &url, None, &ConnectOptions::default()).await;
-        let err = err.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("certificate"), "{err}");
-    });
-    let clob = &sim_status(&sim.http_url())["user_agents"]["clob"];
-    assert_eq!(clob["requests"], 1, "only the trusted request got through: {clob}");
-    assert_named_itself(&sim_status(&sim.http_url()), "clob");
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_file(&pem);
 }

@@ -1,6 +1,6 @@
 //! The HTTP side of `polybook_shards::net`: routing, bodies, keep-alive, limits, timeouts and
-//! shutdown, through the crate's own client and through raw sockets where a test needs bytes
-//! the client would never send.
+//! shutdown, through ureq (on glommio's blocking pool, so the server can run on the test's own
+//! executor) and through raw sockets where a test needs bytes a client would never send.
 
 mod common;
 
@@ -10,12 +10,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{agent, agent_trusting, http, http_get, http_post_json, http_with, TEST_USER_AGENT};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use polybook_shards::net::{
-    http_get, http_post_json, http_request, tls_config_with_extra_roots, ConnectOptions, Handler,
-    HttpConnection, NetError, Request, Response, Server, ServerConfig, Shutdown, TlsIdentity,
-    USER_AGENT,
+    Handler, Request, Response, Server, ServerConfig, Shutdown, TlsIdentity,
 };
 use serde_json::{json, Value};
 
@@ -92,6 +91,30 @@ async fn raw_exchange(addr: SocketAddr, wire: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one response (head and its content-length body) from a kept-alive connection.
+async fn read_one_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        assert!(n > 0, "closed before a whole response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 fn status_of(resp: &str) -> &str {
     resp.get(9..12).unwrap_or("")
 }
@@ -133,13 +156,13 @@ fn post_with_json_body() {
 fn keep_alive_serves_two_requests_on_one_connection() {
     run(|| async {
         let r = start(ServerConfig::default());
-        let mut conn = HttpConnection::connect(&format!("http://{}", r.addr), &Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
-        let a = conn.request("GET", "/book?token_id=1", None).await;
+        // One agent pools its connection: the second request reuses it if the server kept it.
+        let one = agent();
+        let base = format!("http://{}", r.addr);
+        let a = http_with(&one, "GET", &format!("{base}/book?token_id=1"), None).await;
         let a = a.unwrap_or_else(|e| panic!("first: {e}"));
-        assert!(conn.is_reusable());
-        let b = conn.request("POST", "/echo", Some(("text/plain", b"hello"))).await;
+        let echo = format!("{base}/echo");
+        let b = http_with(&one, "POST", &echo, Some(("text/plain", b"hello"))).await;
         let b = b.unwrap_or_else(|e| panic!("second: {e}"));
         assert_eq!((a.status, b.status), (200, 200));
         assert_eq!(b.body, b"hello");
@@ -185,14 +208,9 @@ fn oversized_body_is_rejected_with_413() {
     run(|| async {
         let r = start(ServerConfig { max_body: 1024, ..ServerConfig::default() });
         let big = vec![b'x'; 4096];
-        let resp = http_request(
-            "POST",
-            &format!("http://{}/echo", r.addr),
-            Some(("text/plain", &big)),
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("post: {e}"));
+        let resp = http("POST", &format!("http://{}/echo", r.addr), Some(("text/plain", &big)))
+            .await
+            .unwrap_or_else(|e| panic!("post: {e}"));
         assert_eq!(resp.status, 413);
         // A declared length far past the limit is refused from the head alone.
         let out =
@@ -291,33 +309,22 @@ fn slow_client_is_cut_off_by_the_read_timeout() {
 }
 
 #[test]
-fn connecting_to_a_closed_port_is_an_error() {
-    run(|| async {
-        // A port that was just free: bind it with std, note it, release it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("probe: {e}"));
-        let err = http_get(&format!("http://127.0.0.1:{port}/")).await;
-        assert!(matches!(err, Err(NetError::Connect { .. })), "{err:?}");
-        let err = http_get("http://127.0.0.1:notaport/").await;
-        assert!(matches!(err, Err(NetError::BadUrl { .. })), "{err:?}");
-    });
-}
-
-#[test]
 fn shutdown_stops_the_server_and_closes_idle_connections() {
     run(|| async {
         let r = start(ServerConfig::default());
         let addr = r.addr;
-        let mut idle = HttpConnection::connect(&format!("http://{addr}"), &Default::default())
+        // A kept-alive connection: one request answered, the connection left open.
+        let mut idle = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        idle.write_all(b"GET /book?token_id=1 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
-        let first = idle.request("GET", "/book?token_id=1", None).await;
-        assert_eq!(first.map(|r| r.status).ok(), Some(200));
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let first = read_one_response(&mut idle).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         stop(r).await;
         // The kept-alive connection was closed by the server, and nothing listens any more.
-        assert!(idle.request("GET", "/book?token_id=1", None).await.is_err());
+        let mut rest = Vec::new();
+        let n = idle.read_to_end(&mut rest).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed without another byte: {rest:?}");
         let err = http_get(&format!("http://{addr}/book?token_id=1")).await;
         assert!(err.is_err(), "{err:?}");
     });
@@ -346,9 +353,7 @@ fn https_keep_alive_clean_rejects_and_plain_clients_on_a_tls_port() {
         let id = TlsIdentity::self_signed_localhost().unwrap_or_else(|e| panic!("{e}"));
         let tls = id.server_config().unwrap_or_else(|e| panic!("{e}"));
         let r = start(ServerConfig { tls: Some(tls), max_body: 16, ..ServerConfig::default() });
-        let roots = [id.cert_der().clone()];
-        let client_tls = tls_config_with_extra_roots(&roots).unwrap_or_else(|e| panic!("{e}"));
-        let opts = ConnectOptions { tls: Some(client_tls), ..ConnectOptions::default() };
+        let trusting = agent_trusting(&[id.cert_der().clone()]);
 
         // Plain HTTP on the TLS port fails its handshake and is dropped; nothing is routed.
         let junk = raw_exchange(r.addr, b"GET /book?token_id=1 HTTP/1.1\r\nhost: x\r\n\r\n").await;
@@ -357,26 +362,30 @@ fn https_keep_alive_clean_rejects_and_plain_clients_on_a_tls_port() {
 
         // The name in the URL is the one the certificate is for, so it is checked for real.
         let base = format!("https://localhost:{}", r.addr.port());
-        let mut conn =
-            HttpConnection::connect(&base, &opts).await.unwrap_or_else(|e| panic!("{e}"));
         for i in 0..3 {
-            let resp = conn.request("GET", &format!("/book?token_id={i}"), None).await;
+            let url = format!("{base}/book?token_id={i}");
+            let resp = http_with(&trusting, "GET", &url, None).await;
             let resp = resp.unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert_eq!(resp.status, 200, "{}", resp.text());
         }
-        assert!(conn.is_reusable());
+        let peers = r.app.peers.borrow().clone();
+        assert!(
+            peers[0].is_some() && peers.iter().all(|p| *p == peers[0]),
+            "kept alive: {peers:?}"
+        );
         // A rejection is read whole over TLS too (close_notify and a drain, never a reset).
         let big = vec![b'x'; 4096];
-        let resp = http_request("POST", &format!("{base}/echo"), Some(("text/plain", &big)), &opts)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let resp =
+            http_with(&trusting, "POST", &format!("{base}/echo"), Some(("text/plain", &big)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status, 413, "{}", resp.text());
         // The default trust (webpki roots only) refuses the self-signed certificate.
         let err = http_get(&format!("{base}/book?token_id=1")).await.err();
-        assert!(err.is_some_and(|e| e.to_string().contains("certificate")));
+        assert!(err.as_ref().is_some_and(|e| e.contains("certificate")), "{err:?}");
         let agents = r.app.agents.borrow().clone();
-        assert_eq!(agents.len(), 3);
-        assert!(agents.iter().all(|a| a.as_deref() == Some(USER_AGENT)), "{agents:?}");
+        assert_eq!(agents.len(), 3, "the 413 is answered from the head, before routing");
+        assert!(agents.iter().all(|a| a.as_deref() == Some(TEST_USER_AGENT)), "{agents:?}");
         stop(r).await;
     });
 }

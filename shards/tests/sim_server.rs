@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Error as WsError;
+use common::{http, http_get, http_post_json, HttpResponse};
 use futures_util::StreamExt;
 use glommio::channels::local_channel::{self, LocalSender};
 use polybook::book::TokenMeta;
@@ -26,9 +27,7 @@ use polybook::sim::RealShape;
 use polybook::store::NoSink;
 use polybook::view::BookView;
 use polybook::{BookStore, MarketId, Price, Size, StoreConfig, TokenId};
-use polybook_shards::net::{
-    connect_ws, http_get, http_post_json, http_request, ConnectOptions, HttpResponse, Message,
-};
+use polybook_shards::net::{connect_ws, Message};
 use polybook_shards::sim_server::{
     spawn_sim_server, RandomFaults, SimServerConfig, SimServerHandle, NO_ORDERBOOK,
     SLOW_CONSUMER_REASON,
@@ -79,8 +78,7 @@ async fn get_json(url: &str) -> Value {
 }
 
 async fn post(url: &str) -> HttpResponse {
-    let r = http_request("POST", url, None, &ConnectOptions::default()).await;
-    r.unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    http("POST", url, None).await.unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
 
 async fn post_json(url: &str, body: &Value) -> HttpResponse {

@@ -21,25 +21,57 @@ pub struct HashInputs<'a> {
 /// Writes the exact text the venue hashes. `bids`/`asks` in wire order.
 pub fn write_hash_input(out: &mut String, inp: &HashInputs<'_>, bids: &[Level], asks: &[Level]) {
     out.clear();
-    out.push_str("{\"market\":\"");
-    out.push_str(inp.market);
-    out.push_str("\",\"asset_id\":\"");
-    out.push_str(inp.asset_id);
-    out.push_str("\",\"timestamp\":\"");
-    push_u64(out, inp.timestamp_ms);
-    out.push_str("\",\"hash\":\"\",\"bids\":");
-    write_levels(out, bids);
-    out.push_str(",\"asks\":");
-    write_levels(out, asks);
-    out.push_str(",\"min_order_size\":\"");
-    out.push_str(inp.min_order_size.text().as_str());
-    out.push_str("\",\"tick_size\":\"");
-    out.push_str(inp.tick_size.text().as_str());
-    out.push_str("\",\"neg_risk\":");
-    out.push_str(if inp.neg_risk { "true" } else { "false" });
-    out.push_str(",\"last_trade_price\":\"");
-    out.push_str(inp.last_trade_price);
-    out.push_str("\"}");
+    let mut num = String::new();
+    recipe(out, &mut num, inp, |o| write_levels(o, bids), |o| write_levels(o, asks));
+}
+
+/// Where the recipe's text goes: a string, or straight into SHA-1.
+trait Sink {
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Sink for Sha1 {
+    fn put(&mut self, s: &str) {
+        self.update(s.as_bytes());
+    }
+}
+
+/// The recipe, with each side's `[...]` written by the caller (rendered now, or kept).
+/// `num` is scratch for the timestamp's digits.
+fn recipe<S: Sink>(
+    out: &mut S,
+    num: &mut String,
+    inp: &HashInputs<'_>,
+    bids: impl FnOnce(&mut S),
+    asks: impl FnOnce(&mut S),
+) {
+    out.put("{\"market\":\"");
+    out.put(inp.market);
+    out.put("\",\"asset_id\":\"");
+    out.put(inp.asset_id);
+    out.put("\",\"timestamp\":\"");
+    num.clear();
+    push_u64(num, inp.timestamp_ms);
+    out.put(num);
+    out.put("\",\"hash\":\"\",\"bids\":");
+    bids(out);
+    out.put(",\"asks\":");
+    asks(out);
+    out.put(",\"min_order_size\":\"");
+    out.put(inp.min_order_size.text().as_str());
+    out.put("\",\"tick_size\":\"");
+    out.put(inp.tick_size.text().as_str());
+    out.put("\",\"neg_risk\":");
+    out.put(if inp.neg_risk { "true" } else { "false" });
+    out.put(",\"last_trade_price\":\"");
+    out.put(inp.last_trade_price);
+    out.put("\"}");
 }
 
 /// `[{"price":"0.5","size":"10"},...]`, the level list as the venue writes it compactly.
@@ -56,6 +88,12 @@ pub fn write_levels(out: &mut String, levels: &[Level]) {
         out.push_str("\"}");
     }
     out.push(']');
+}
+
+fn bracketed(out: &mut impl Sink, levels: &str) {
+    out.put("[");
+    out.put(levels);
+    out.put("]");
 }
 
 /// SHA-1 of `text`.
@@ -77,8 +115,18 @@ pub fn book_hash(book: &Book, timestamp_ms: u64, scratch: &mut String) -> Option
         neg_risk: meta.neg_risk?,
         last_trade_price: ltp.as_str(),
     };
-    write_hash_input(scratch, &inputs, book.bids(), book.asks());
-    Some(sha1(scratch))
+    match book.rendered_levels() {
+        // Kept levels go straight into SHA-1: no copy of the book's text.
+        Some((bids, asks)) => {
+            let mut h = Sha1::new();
+            recipe(&mut h, scratch, &inputs, |o| bracketed(o, bids), |o| bracketed(o, asks));
+            Some(h.finalize().into())
+        }
+        None => {
+            write_hash_input(scratch, &inputs, book.bids(), book.asks());
+            Some(sha1(scratch))
+        }
+    }
 }
 
 /// Parses 40 hex digits (either case).

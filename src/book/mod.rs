@@ -3,6 +3,7 @@
 
 pub mod hash;
 mod level;
+mod rendered;
 
 pub use level::{check_ladder, InvariantError, Level, Side};
 
@@ -132,6 +133,11 @@ pub struct Book {
     verified: bool,
     /// Open integrity claims (see `checks`); empty costs no allocation.
     checks: crate::checks::BookChecks,
+    /// The ladders as the venue hash renders them, kept in step by `replace` and `set_level`
+    /// (None: not kept; `book_hash` renders every level instead). See `keep_rendered`.
+    rendered: Option<Box<rendered::Rendered>>,
+    /// (start of the current second, store clock; level changes in it): see `note_change`.
+    heat: (u64, u32),
 }
 
 impl Book {
@@ -154,7 +160,46 @@ impl Book {
             received_ms: 0,
             verified: false,
             checks: crate::checks::BookChecks::default(),
+            rendered: None,
+            heat: (0, 0),
         }
+    }
+
+    /// Counts a level change at `now_ms` (store clock). At the end of each second of changes
+    /// the book decides: `hot` or more changes in it, keep the levels rendered for the hash;
+    /// fewer, stop. Only busy books pay the memory (~34 bytes a level), and they are where the
+    /// rendering cost was. `hot == 0`: never keep.
+    pub fn note_change(&mut self, now_ms: u64, hot: u32) {
+        self.heat.1 = self.heat.1.saturating_add(1);
+        if now_ms.saturating_sub(self.heat.0) >= 1_000 {
+            let keep = hot > 0 && self.heat.1 >= hot;
+            if keep != self.rendered.is_some() {
+                self.keep_rendered(keep);
+            }
+            self.heat = (now_ms, 0);
+        }
+    }
+
+    pub fn keeps_rendered(&self) -> bool {
+        self.rendered.is_some()
+    }
+
+    /// Keeps (or stops keeping) the ladders rendered as the hash needs them, at ~34 bytes per
+    /// level of memory; `note_change` decides it for the store.
+    pub fn keep_rendered(&mut self, on: bool) {
+        self.rendered = on.then(|| {
+            Box::new(rendered::Rendered {
+                bids: rendered::RenderedSide::build(&self.bids),
+                asks: rendered::RenderedSide::build(&self.asks),
+                one: String::with_capacity(48),
+            })
+        });
+    }
+
+    /// The rendered levels of each side (bids, asks), when kept.
+    pub(crate) fn rendered_levels(&self) -> Option<(&str, &str)> {
+        let r = self.rendered.as_deref()?;
+        Some((r.bids.as_str(), r.asks.as_str()))
     }
 
     /// The open integrity claims, taken out so the book can be read while they are judged;
@@ -305,6 +350,9 @@ impl Book {
         if !ok_a {
             repair(&mut self.asks, Side::Sell);
         }
+        if self.rendered.is_some() {
+            self.keep_rendered(true);
+        }
         self.debug_check_invariants();
         if ok_b && ok_a {
             Ok(())
@@ -324,6 +372,14 @@ impl Book {
     /// apply path of the store (and any other caller) in debug builds, i.e. every test.
     fn debug_check_invariants(&self) {
         debug_assert_eq!(self.check_invariants(), Ok(()), "book {}", self.token);
+        debug_assert!(
+            self.rendered
+                .as_deref()
+                .is_none_or(|r| r.bids == rendered::RenderedSide::build(&self.bids)
+                    && r.asks == rendered::RenderedSide::build(&self.asks)),
+            "book {}: rendered levels out of step with the ladders",
+            self.token
+        );
     }
 
     /// Sets the aggregate size at `price` on `side`; zero removes the level. Returns the old size.
@@ -331,23 +387,32 @@ impl Book {
         if self.recent_prices[1] != price {
             self.recent_prices = [self.recent_prices[1], price];
         }
-        let ladder = match side {
-            Side::Buy => &mut self.bids,
-            Side::Sell => &mut self.asks,
+        let (ladder, text) = match (side, self.rendered.as_deref_mut()) {
+            (Side::Buy, r) => (&mut self.bids, r.map(|r| (&mut r.bids, &mut r.one))),
+            (Side::Sell, r) => (&mut self.asks, r.map(|r| (&mut r.asks, &mut r.one))),
         };
         let old = match find(ladder, side, price) {
             Ok(i) => {
                 let old = ladder[i].size;
                 if size.is_zero() {
                     ladder.remove(i);
+                    if let Some((t, _)) = text {
+                        t.remove(i);
+                    }
                 } else {
                     ladder[i].size = size;
+                    if let Some((t, one)) = text {
+                        t.modify(i, &ladder[i], one);
+                    }
                 }
                 old
             }
             Err(i) => {
                 if !size.is_zero() {
                     ladder.insert(i, Level::new(price, size));
+                    if let Some((t, one)) = text {
+                        t.insert(i, &ladder[i], one);
+                    }
                 }
                 Size::ZERO
             }
@@ -393,6 +458,12 @@ impl Book {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Book>()
             + (self.bids.capacity() + self.asks.capacity()) * std::mem::size_of::<Level>()
+            + self.rendered.as_deref().map_or(0, |r| {
+                std::mem::size_of::<rendered::Rendered>()
+                    + r.bids.capacity_bytes()
+                    + r.asks.capacity_bytes()
+                    + r.one.capacity()
+            })
     }
 }
 
@@ -522,5 +593,43 @@ mod tests {
         assert!(LtpText::new("abc").is_none());
         assert_eq!(LtpText::new(""), Some(LtpText::EMPTY));
         assert_eq!(LtpText::EMPTY.as_str(), "");
+    }
+
+    proptest::proptest! {
+        /// A book that keeps its levels rendered hashes exactly as one that renders them for
+        /// each hash, whatever sequence of snapshots and level changes it went through.
+        #[test]
+        fn kept_rendering_hashes_like_a_fresh_one(
+            ops in proptest::collection::vec((0u8..8, 1u32..40, 0u64..4), 1..120)
+        ) {
+            let meta = TokenMeta {
+                tick_size: Some(p("0.01")),
+                min_order_size: Some(z("5")),
+                neg_risk: Some(false),
+            };
+            let mut kept = Book::new(TokenId::new("7"), MarketId::new("0xab"), meta);
+            kept.set_hash_ltp(LtpText::new("0.5"));
+            kept.keep_rendered(true);
+            let (mut s1, mut s2) = (String::new(), String::new());
+            for (ts, (op, tick, size)) in ops.into_iter().enumerate() {
+                let price = Price(tick * 10_000 + if op == 7 { 5_000 } else { 0 });
+                let size = Size(size * 1_250_000);
+                match op {
+                    0 => {
+                        let bids: Vec<Level> = (1..=tick % 7).map(|i| Level::new(Price(i * 10_000), z("3"))).collect();
+                        let asks: Vec<Level> = (1..=tick % 5).rev().map(|i| Level::new(Price(500_000 + i * 10_000), size)).collect();
+                        let _ = kept.replace(&bids, &asks, ts as u64);
+                    }
+                    1..=3 => { kept.set_level(Side::Buy, price, size); }
+                    _ => { kept.set_level(Side::Sell, price, size); }
+                }
+                let mut fresh = kept.clone();
+                fresh.keep_rendered(false);
+                let a = hash::book_hash(&kept, ts as u64, &mut s1);
+                let b = hash::book_hash(&fresh, ts as u64, &mut s2);
+                proptest::prop_assert!(a.is_some());
+                proptest::prop_assert_eq!(a, b);
+            }
+        }
     }
 }

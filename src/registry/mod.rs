@@ -17,7 +17,7 @@ pub use markets::{
     spec_of, Added, Change, Changes, Entry, Lifecycle, ListingOutcome, Refusal, Registry,
     RegistryConfig, RegistryCounters, CONFIRM_IDS_MAX,
 };
-pub use selection::SelectionRules;
+pub use selection::{Partition, PartitionError, SelectionRules};
 
 /// Builders shared by the registry's tests.
 #[cfg(test)]

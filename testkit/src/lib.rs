@@ -19,7 +19,6 @@ use polybook_shards::config::Config;
 pub fn config_for_sim(http_url: &str, ws_url: &str) -> Config {
     let mut c = Config::default();
     c.endpoints.gamma_url = http_url.to_owned();
-    c.endpoints.clob_url = http_url.to_owned();
     c.endpoints.ws_url = ws_url.to_owned();
     c.api.listen = "127.0.0.1:0".into();
     c.log.progress_interval_ms = 0;

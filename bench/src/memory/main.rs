@@ -2,7 +2,9 @@
 //! `BookStore` (two per market, as the engine does), applies one `book` snapshot of that many
 //! levels per side to each, and reports the process's RSS growth per book — the store alone,
 //! no sockets, no registry. Each depth runs in a child process of this binary, so one depth's
-//! freed memory does not flatter the next.
+//! freed memory does not flatter the next. Each depth is measured with the venue-hash check off,
+//! on (the default), and on with every book busy: a checked book that changes
+//! `render_hot_changes_per_s` times in a second keeps its levels rendered for the hash.
 //!
 //! `cargo run --release -p polybook-bench --bin polybook-memory-bench -- [--books N] [--levels 20,100]`
 
@@ -45,8 +47,8 @@ fn text(units: u64) -> String {
 }
 
 /// One depth, in this process: prints `levels books rss_delta per_book`.
-fn child(books: usize, levels: usize) {
-    let cfg = StoreConfig { verify_hash: false, ..StoreConfig::default() };
+fn child(books: usize, levels: usize, verify_hash: bool, busy: bool) {
+    let cfg = StoreConfig { verify_hash, ..StoreConfig::default() };
     let mut store = BookStore::new(cfg);
     let meta = TokenMeta {
         tick_size: Some(Price::from_units(1_000)),
@@ -67,6 +69,31 @@ fn child(books: usize, levels: usize) {
         book_frame(&mut frame, m.as_str(), t.as_str(), levels);
         store.apply_frame(&frame, &mut NoSink);
     }
+    if busy {
+        // One second of changes to every book (the store's clock, not the machine's), then
+        // one more change that closes the second: each book decides to keep its rendering.
+        let hot = u64::from(store.config().render_hot_changes_per_s);
+        for k in 0..=hot {
+            store.set_now_ms(if k == hot { 2_000 } else { 1_000 + k });
+            for (m, t) in &ids {
+                frame.clear();
+                let size = 10 + k;
+                let _ = write!(
+                    frame,
+                    r#"{{"event_type":"price_change","market":"{m}","timestamp":"{}","price_changes":[{{"asset_id":"{t}","price":"0.49","size":"{size}","side":"BUY","hash":"0"}}]}}"#,
+                    2 + k,
+                    m = m.as_str(),
+                    t = t.as_str()
+                );
+                store.apply_frame(&frame, &mut NoSink);
+            }
+        }
+        let kept = ids
+            .iter()
+            .filter(|(_, t)| store.get(t.as_str()).is_some_and(|b| b.keeps_rendered()))
+            .count();
+        assert_eq!(kept, books, "every busy book keeps its levels rendered");
+    }
     let after = rss_bytes();
     let sample = store.get(ids[0].1.as_str()).map_or(0, |b| b.bids().len() + b.asks().len());
     assert_eq!(sample, 2 * levels, "the snapshot was not applied");
@@ -84,16 +111,25 @@ fn main() {
         .filter_map(|v| v.parse().ok())
         .collect();
     if let Some(l) = get("--child").and_then(|v| v.parse().ok()) {
-        child(books, l);
+        let has = |f: &str| args.iter().any(|a| a == f);
+        child(books, l, has("--verify-hash"), has("--busy"));
         return;
     }
-    println!("| levels per side | books | RSS growth | per book |");
-    println!("|---|---|---|---|");
-    for l in levels {
+    println!("| levels per side | hash check | books | RSS growth | per book |");
+    println!("|---|---|---|---|---|");
+    let modes =
+        [(false, false, "off"), (true, false, "on (default)"), (true, true, "on, every book busy")];
+    for (l, (verify, busy, check)) in levels.iter().flat_map(|&l| modes.map(|m| (l, m))) {
         let exe = std::env::current_exe().unwrap_or_else(|_| "polybook-memory-bench".into());
-        let out = Command::new(exe)
-            .args(["--child", &l.to_string(), "--books", &books.to_string()])
-            .output();
+        let mut cmd = Command::new(exe);
+        cmd.args(["--child", &l.to_string(), "--books", &books.to_string()]);
+        if verify {
+            cmd.arg("--verify-hash");
+        }
+        if busy {
+            cmd.arg("--busy");
+        }
+        let out = cmd.output();
         let Ok(out) = out else {
             eprintln!("cannot run the child for {l} levels");
             continue;
@@ -101,7 +137,8 @@ fn main() {
         let line = String::from_utf8_lossy(&out.stdout);
         let f: Vec<u64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
         if f.len() == 4 {
-            println!("| {} | {} | {:.1} MiB | {} B |", f[0], f[1], f[2] as f64 / 1048576.0, f[3]);
+            let mib = f[2] as f64 / 1048576.0;
+            println!("| {} | {check} | {} | {mib:.1} MiB | {} B |", f[0], f[1], f[3]);
         } else {
             eprintln!("child for {l} levels failed: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Phases: the **wire baseline** (the generator flat out into counting clients, `wire.rs`),
-//! then one fresh engine per **step** (`step.rs`): offered 1 k, 10 k, 100 k frames/s and flat
+//! the **floor** at each paced rate (the same frames paced the same into the counting clients:
+//! the CPU a reader woken per frame costs on this machine, against which the engine's CPU per
+//! frame at that rate is read), then one fresh engine per **step** (`step.rs`): offered 1 k, 10 k, 100 k frames/s and flat
 //! out with 1 data shard (the first step also measures the idle data shard), flat out with 2
 //! data shards. Each step ends with every book compared with the model's truth at the cut;
 //! a mismatch makes the run fail (exit status 1). JSON goes to `target/bench-replay.json`.
@@ -53,10 +55,12 @@ pub(crate) fn pin_current(cpu: usize) {
 
 const USAGE: &str = "usage: polybook-replay-bench [--quick|--full] [--markets N] [--window SECS] \
 [--max-frames N] [--steps RATE,..,max,max2] [--idle SECS] [--wire-secs SECS] [--no-wire] \
-[--no-verify-hash] [--seed N] [--out FILE]
+[--no-verify-hash] [--nats URL] [--seed N] [--out FILE]
   --steps: a number is frames/s offered to 1 data shard for --window seconds; max: flat out,
   1 data shard, --max-frames frames; max2: the same with 2 data shards. The first step also
-  measures the idle data shard for --idle seconds (0: not).";
+  measures the idle data shard for --idle seconds (0: not). Unless --no-wire: the wire baseline
+  flat out for --wire-secs, and the floor (counting clients) at each paced step's rate.
+  --nats: every engine publishes every change to this NATS server ([publish.nats] url).";
 
 /// One step of the plan: frames/s offered (None: flat out) and data shards.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +92,7 @@ struct Plan {
     wire_secs: Option<f64>,
     quiet_wait: Duration,
     verify_hash: bool,
+    nats: Option<String>,
     out: String,
 }
 
@@ -103,6 +108,7 @@ fn parse_args() -> Result<Plan> {
         wire_secs: Some(3.0),
         quiet_wait: Duration::from_secs(3),
         verify_hash: true,
+        nats: None,
         out: format!("{}/../target/bench-replay.json", env!("CARGO_MANIFEST_DIR")),
     };
     let mut args = std::env::args().skip(1);
@@ -124,6 +130,7 @@ fn parse_args() -> Result<Plan> {
             "--wire-secs" => p.wire_secs = Some(val()?.parse()?),
             "--no-wire" => p.wire_secs = None,
             "--no-verify-hash" => p.verify_hash = false,
+            "--nats" => p.nats = Some(val()?),
             "--out" => p.out = val()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -173,12 +180,21 @@ fn main() -> Result<()> {
 
     let wire = match plan.wire_secs {
         Some(secs) => {
-            let w = wire::wire_baseline(&corpus, gen, last, 400, secs)?;
+            let w = wire::wire_baseline(&corpus, gen, last, 400, secs, None)?;
             println!("{}", report::wire_line(&w));
             w
         }
         None => Value::Null,
     };
+    // The floor at each paced rate: the same frames, paced the same, into counting clients.
+    let mut floors = Vec::new();
+    if plan.wire_secs.is_some() {
+        for r in plan.steps.iter().filter_map(|s| s.rate) {
+            let w = wire::wire_baseline(&corpus, gen, last, 400, plan.window, Some(r))?;
+            println!("{}", report::floor_line(&w));
+            floors.push(w);
+        }
+    }
 
     let h = Http::new();
     let mut steps: Vec<(Placing, Step)> = Vec::new();
@@ -189,7 +205,10 @@ fn main() -> Result<()> {
         let idle = (i == 0 && plan.idle > 0.0).then(|| Duration::from_secs_f64(plan.idle));
         let (shards, rate, frames) = (sp.shards, sp.rate, frames_of(sp));
         let (quiet_wait, verify_hash) = (plan.quiet_wait, plan.verify_hash);
-        steps.push((p, Step { shards, rate, frames, idle, quiet_wait, verify_hash }));
+        steps.push((
+            p,
+            Step { shards, rate, frames, idle, quiet_wait, verify_hash, nats: plan.nats.clone() },
+        ));
     }
     println!("{}", report::STEP_HEADER);
     let mut results = Vec::new();
@@ -200,7 +219,7 @@ fn main() -> Result<()> {
         println!("{}", report::step_line(&v));
         results.push(v);
     }
-    let summary = report::summary(&wire, &results);
+    let summary = report::summary(&wire, &floors, &results);
     println!("{}", report::summary_lines(&summary));
     let out = json!({
         "tool": "polybook-replay-bench",
@@ -209,6 +228,7 @@ fn main() -> Result<()> {
         "machine": machine(),
         "corpus": corpus_json,
         "wire_baseline": wire,
+        "wire_paced": floors,
         "steps": results,
         "summary": summary,
     });

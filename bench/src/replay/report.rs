@@ -45,6 +45,19 @@ pub(crate) fn wire_line(w: &Value) -> String {
     )
 }
 
+/// A paced wire run: what a reader woken per frame costs at that rate.
+pub(crate) fn floor_line(w: &Value) -> String {
+    format!(
+        "wire floor at {} frames/s offered: {} frames/s counted over {} connections, counting client {:.2} µs/frame ({:.1}% busy); other processes {:.0}%",
+        w["rate_target"].as_f64().map_or("max".to_owned(), k),
+        k(f(&w["frames_per_s"])),
+        w["connections"],
+        f(&w["client_cpu_ns_per_frame"]) / 1e3,
+        f(&w["client_busy"]) * 100.0,
+        f(&w["other_processes_share"]) * 100.0,
+    )
+}
+
 pub(crate) const STEP_HEADER: &str = "| data shards | offered frames/s | frames | **applied frames/s** | price_change frames | data shard CPU µs/frame | data shard busy | generator µs/frame | apply p50 / p99 / p99.9 µs | `/stats` polls with a null shard | books compared / mismatches | other processes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 pub(crate) fn step_line(v: &Value) -> String {
@@ -96,7 +109,17 @@ pub(crate) fn step_line(v: &Value) -> String {
 }
 
 /// Engine at its top vs the wire, and 2 data shards vs 1.
-pub(crate) fn summary(wire: &Value, steps: &[Value]) -> Value {
+pub(crate) fn summary(wire: &Value, floors: &[Value], steps: &[Value]) -> Value {
+    // Engine CPU per frame over the floor's at the same paced rate (1 data shard).
+    let over_floor: Vec<Value> = floors
+        .iter()
+        .filter_map(|w| {
+            let r = w["rate_target"].as_f64()?;
+            let s = steps.iter().find(|s| s["rate_target"].as_f64() == Some(r))?;
+            let (e, fl) = (f(&s["data_shard_cpu_ns_per_frame"]), f(&w["client_cpu_ns_per_frame"]));
+            Some(json!({"rate": r, "engine_ns_per_frame": e, "floor_ns_per_frame": fl, "ratio": (fl > 0.0).then(|| e / fl)}))
+        })
+        .collect();
     let max = |shards: u64| {
         steps
             .iter()
@@ -108,6 +131,7 @@ pub(crate) fn summary(wire: &Value, steps: &[Value]) -> Value {
     let idle = steps.iter().find_map(|s| s["idle"]["data_shard_cpu_share"].as_f64());
     json!({
         "wire_frames_per_s": w,
+        "engine_cpu_over_floor": over_floor,
         "engine_max_frames_per_s_1_shard": one,
         "engine_over_wire": one.zip(w).map(|(e, w)| e / w),
         "engine_max_frames_per_s_2_shards": two,
@@ -120,8 +144,23 @@ pub(crate) fn summary(wire: &Value, steps: &[Value]) -> Value {
 pub(crate) fn summary_lines(s: &Value) -> String {
     let opt =
         |v: &Value, scale: f64| v.as_f64().map_or("-".to_owned(), |x| format!("{:.2}", x * scale));
+    let floors: Vec<String> = s["engine_cpu_over_floor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            format!(
+                "at {} frames/s the engine's data shard {:.2} µs/frame vs the floor's {:.2} ({}x)",
+                k(f(&x["rate"])),
+                f(&x["engine_ns_per_frame"]) / 1e3,
+                f(&x["floor_ns_per_frame"]) / 1e3,
+                opt(&x["ratio"], 1.0)
+            )
+        })
+        .collect();
     format!(
-        "engine max (1 data shard) {} frames/s = {} of the wire baseline ({}); 2 data shards {} = {}x one (the second shares the generator's CPU); idle data shard {} CPU; mismatches {}",
+        "{}engine max (1 data shard) {} frames/s = {} of the wire baseline ({}); 2 data shards {} = {}x one (the second shares the generator's CPU); idle data shard {} CPU; mismatches {}",
+        floors.iter().map(|l| format!("{l}\n")).collect::<String>(),
         s["engine_max_frames_per_s_1_shard"].as_f64().map_or("-".to_owned(), k),
         opt(&s["engine_over_wire"], 1.0),
         s["wire_frames_per_s"].as_f64().map_or("-".to_owned(), k),

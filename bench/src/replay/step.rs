@@ -44,6 +44,8 @@ pub(crate) struct Step {
     pub(crate) quiet_wait: Duration,
     /// `integrity.verify_hash` (the default policy: on).
     pub(crate) verify_hash: bool,
+    /// `[publish.nats] url`: publish every change (the data shard's cost of it is the point).
+    pub(crate) nats: Option<String>,
 }
 
 fn data_cpu(d: &std::collections::BTreeMap<String, u64>) -> u64 {
@@ -79,6 +81,7 @@ pub(crate) fn engine_step(
     // `/stats` every 10 ms and every book over HTTP from one address.
     c.api.requests_per_s_max = 1_000_000;
     c.integrity.verify_hash = step.verify_hash;
+    c.publish.nats.url = step.nats.clone();
     let cfg = c.validate().map_err(|e| anyhow!("engine config: {e}"))?;
     crate::pin_current_to(0..p.cpus);
     let engine = engine::start(&cfg).map_err(|e| anyhow!("engine: {e}"));

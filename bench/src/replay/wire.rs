@@ -1,7 +1,9 @@
 //! The wire baseline: the generator flat out into a client that only counts frames (std
 //! threads on the engine's CPU; tungstenite for the client handshake and the subscriptions,
 //! then a plain read loop that walks WebSocket headers and skips payloads: no UTF-8 check, no
-//! copy, no JSON). It is the most frames/s this generator and loopback deliver.
+//! copy, no JSON). Flat out it is the most frames/s this generator and loopback deliver; paced
+//! (`rate`) it is the floor of a reader woken by the kernel for each frame, which no design
+//! that reads frames as they come can go below on this machine.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -91,14 +93,16 @@ fn client(url: &str, ids: &[String], cpu: usize, c: &Counters) -> Result<()> {
     Ok(())
 }
 
-/// Frames/s from the generator (on `gen_cpu`) into counting clients (on `client_cpu`), the
-/// stream looped for `secs`; rates over the middle of the run.
+/// Frames/s from the generator (on `gen_cpu`) into counting clients (on `client_cpu`): flat
+/// out, the stream looped for `secs`; or paced at `rate` for `secs` (no loop: the corpus holds
+/// that many frames); rates over the middle of the run.
 pub(crate) fn wire_baseline(
     corpus: &Arc<Corpus>,
     gen_cpu: Option<usize>,
     client_cpu: usize,
     tokens_per_conn: usize,
     secs: f64,
+    rate: Option<f64>,
 ) -> Result<Value> {
     let server = Server::start(Arc::clone(corpus), gen_cpu)?;
     let url = server.ws_url();
@@ -128,7 +132,11 @@ pub(crate) fn wire_baseline(
         })?;
         let conns = server.conns();
         let window = Duration::from_secs_f64(secs);
-        let (streams, _) = build_streams(corpus, &conns, corpus.frames.len(), None, Some(window));
+        let (frames, loop_for) = match rate {
+            None => (corpus.frames.len(), Some(window)),
+            Some(r) => (((r * secs) as usize).min(corpus.frames.len()), None),
+        };
+        let (streams, _) = build_streams(corpus, &conns, frames, rate, loop_for);
         let start = server.stream(streams);
         // Measure the middle: skip the first 0.3 s and stop 0.2 s before the end.
         std::thread::sleep(Duration::from_millis(300));
@@ -143,6 +151,7 @@ pub(crate) fn wire_baseline(
         let per = |k: &str| cpu.get(k).copied().unwrap_or(0) as f64 / frames.max(1) as f64;
         let sent: u64 = conns.iter().map(|c| c.stream_frames.load(Ordering::Relaxed)).sum();
         Ok(json!({
+            "rate_target": rate,
             "connections": groups.len(),
             "secs": dt,
             "frames": frames,

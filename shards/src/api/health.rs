@@ -19,8 +19,9 @@ pub fn health(control: &Control) -> Response {
 }
 
 /// 200 only when discovery is recent, every shard answers, a connection is up and at least
-/// `pct_min` % of tracked books are live. Each failing check is named.
-pub fn ready(control: &Control, pct_min: u8) -> Response {
+/// `pct_min` % of tracked books are live (and, if `needs_nats`, NATS is connected with its
+/// snapshot stream). Each failing check is named; the NATS state is always in the body.
+pub fn ready(control: &Control, pct_min: u8, needs_nats: bool) -> Response {
     let stats = control.fresh_stats();
     let mut failing = Vec::new();
     let limit = control.discovery_interval.saturating_mul(3);
@@ -68,8 +69,22 @@ pub fn ready(control: &Control, pct_min: u8) -> Response {
             "detail": format!("{live} of {tracked} tracked books live (minimum {pct_min} %)"),
         }));
     }
+    let nats = control.nats.as_ref().map(|n| {
+        let connected = n.connected.load(std::sync::atomic::Ordering::Relaxed);
+        let stream = n.stream_ready.load(std::sync::atomic::Ordering::Relaxed);
+        (connected, stream)
+    });
+    if let (true, Some((connected, stream))) = (needs_nats, nats) {
+        if !(connected && stream) {
+            failing.push(json!({
+                "check": "nats",
+                "detail": if connected { "snapshot stream not ready" } else { "not connected" },
+            }));
+        }
+    }
     let body = json!({
         "ready": failing.is_empty(),
+        "nats_connected": nats.map(|(c, _)| c),
         "failing": failing,
         "books": tracked,
         "books_live": live,

@@ -15,6 +15,7 @@ mod limiter;
 mod markets;
 mod metrics;
 mod params;
+mod process;
 mod routes;
 mod stats;
 
@@ -44,6 +45,8 @@ pub struct ApiConfig {
     pub requests_per_s_max: u32,
     /// `/ready` fails below this share (%) of tracked books live.
     pub ready_books_live_pct_min: u8,
+    /// `[publish.nats] required_for_ready`: `/ready` fails while NATS is not connected.
+    pub ready_needs_nats: bool,
     /// `lifecycle.recycle_concurrent_max`, which admin recycles obey like the policy's.
     pub recycles_max: usize,
     /// Who may reach the API, and how many at once.

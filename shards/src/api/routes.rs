@@ -115,10 +115,14 @@ impl Api {
             Route::Health => Box::pin(future::ready(health::health(&control))),
             Route::Ready => {
                 let pct_min = self.cfg.ready_books_live_pct_min;
-                Box::pin(future::ready(health::ready(&control, pct_min)))
+                let needs_nats = self.cfg.ready_needs_nats;
+                Box::pin(future::ready(health::ready(&control, pct_min, needs_nats)))
             }
             Route::Stats => Box::pin(future::ready(stats::stats(&control, &self.live))),
-            Route::Metrics => Box::pin(future::ready(metrics::metrics(&control))),
+            Route::Metrics => {
+                let refused = self.limiter.borrow().refused;
+                Box::pin(future::ready(metrics::metrics(&control, &self.live, refused)))
+            }
             Route::Markets => {
                 let q = markets::MarketQuery::parse(req, control.shards.len().max(1))?;
                 Box::pin(future::ready(markets::list(&control, &q)))

@@ -89,9 +89,42 @@ pub fn stats(control: &Control, live: &Streams) -> Response {
                 "clients_dropped_slow": hub.clients_dropped_slow,
                 "messages_sent": hub.messages_sent,
             },
+            "nats": nats_json(control, &shards),
             "shards": shards,
         }),
     )
+}
+
+/// `[publish.nats]`: the publisher's connection and counters, with what the shards could not
+/// hand it (`dropped` counts both: every one is a gap a consumer sees). Null when off.
+fn nats_json(control: &Control, shards: &[Option<ShardStats>]) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(n) = control.nats.as_ref() else { return Value::Null };
+    let (mut sent, mut at_shards, mut snapshots) = (0u64, 0u64, 0u64);
+    for s in shards.iter().flatten().filter_map(|s| s.nats.as_ref()) {
+        sent += s.sent;
+        at_shards += s.dropped;
+        snapshots += s.snapshots;
+    }
+    let disconnected = n.dropped_disconnected.load(Relaxed);
+    json!({
+        "connected": n.connected.load(Relaxed),
+        "stream_ready": n.stream_ready.load(Relaxed),
+        "published": n.published.load(Relaxed),
+        "dropped": at_shards + disconnected,
+        "dropped_at_shards": at_shards,
+        "dropped_disconnected": disconnected,
+        "publish_errors": n.publish_errors.load(Relaxed),
+        "invalid_subjects": n.invalid_subjects.load(Relaxed),
+        "queued_by_shards": sent,
+        "snapshots_rendered": snapshots,
+        "snapshots_kept": n.snapshots_kept.load(Relaxed),
+        "republished": n.republished.load(Relaxed),
+        "connects": n.connects.load(Relaxed),
+        "reconnects": n.reconnects(),
+        "disconnects": n.disconnects.load(Relaxed),
+        "last_error": n.last_error(),
+    })
 }
 
 /// Discovery's stats with the registry's listing counters and the ages of its last success

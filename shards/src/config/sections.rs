@@ -16,6 +16,17 @@ pub struct Selection {
     /// Minimum 24/7 volume and liquidity in USDC (Gamma's `volumeNum` / `liquidityNum`).
     pub volume_min: f64,
     pub liquidity_min: f64,
+    /// `"I/N"`: carry only the markets whose stable routing hash (`routing::partition_for`)
+    /// mod N is I, so N instances with I = 0..N-1 carry every market exactly once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+}
+
+impl Selection {
+    /// `partition`, parsed (`validate` rejects a bad one, so a `ValidConfig`'s is never lost).
+    pub fn partition(&self) -> Option<polybook::registry::Partition> {
+        self.partition.as_deref().and_then(|p| p.parse().ok())
+    }
 }
 
 impl From<&Selection> for polybook::registry::SelectionRules {
@@ -26,6 +37,7 @@ impl From<&Selection> for polybook::registry::SelectionRules {
             token_ids: s.token_ids.clone(),
             volume_min: s.volume_min,
             liquidity_min: s.liquidity_min,
+            partition: s.partition(),
         }
     }
 }
@@ -34,7 +46,6 @@ impl From<&Selection> for polybook::registry::SelectionRules {
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {
     pub gamma_url: String,
-    pub clob_url: String,
     pub ws_url: String,
     /// PEM file of extra trusted roots (a private CA, a test venue's self-signed certificate),
     /// trusted besides the bundled webpki roots for https and wss. Relative to the working
@@ -47,7 +58,6 @@ impl Default for Endpoints {
     fn default() -> Self {
         Endpoints {
             gamma_url: "https://gamma-api.polymarket.com".into(),
-            clob_url: "https://clob.polymarket.com".into(),
             ws_url: "wss://ws-subscriptions-clob.polymarket.com/ws/market".into(),
             tls_roots_file: None,
         }
@@ -306,5 +316,55 @@ pub struct Log {
 impl Default for Log {
     fn default() -> Self {
         Log { level: "info".into(), json: false, progress_interval_ms: 5000 }
+    }
+}
+
+/// `[publish]`: where books go besides the API.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Publish {
+    pub nats: Nats,
+}
+
+/// `[publish.nats]`: every change of every book to a NATS server (off without `url`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nats {
+    /// `nats://host:port` (comma-separated for a cluster); absent: no publishing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Subjects are `{prefix}.delta|snapshot|bbo.{token_id}` and `{prefix}.trades.{market}`.
+    pub subject_prefix: String,
+    /// A `.creds` file (JWT + NKey seed), read at connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A changing book's snapshot goes out at most this often (and on every replacement).
+    pub snapshot_interval_ms: u64,
+    /// Messages each data shard may have waiting for the publisher; beyond, they are dropped
+    /// and counted, and the token's next message is a snapshot.
+    pub channel_capacity: usize,
+    /// `/ready` answers 503 while NATS is not connected (default: NATS only shows in `/stats`).
+    pub required_for_ready: bool,
+}
+
+impl Default for Nats {
+    fn default() -> Self {
+        Nats {
+            url: None,
+            subject_prefix: "polybook".into(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            snapshot_interval_ms: 1000,
+            channel_capacity: 1 << 16,
+            required_for_ready: false,
+        }
     }
 }

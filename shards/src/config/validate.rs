@@ -94,9 +94,13 @@ impl Config {
             }
         }
         in_range("selection.tag_ids (count)", sel.tag_ids.len(), 0, 100)?;
+        if let Some(p) = &sel.partition {
+            p.parse::<polybook::registry::Partition>()
+                .map_err(|e| invalid("selection.partition", p, &e.to_string()))?;
+        }
+        self.validate_nats()?;
         for (key, url, schemes) in [
             ("endpoints.gamma_url", &self.endpoints.gamma_url, ["http://", "https://"]),
-            ("endpoints.clob_url", &self.endpoints.clob_url, ["http://", "https://"]),
             ("endpoints.ws_url", &self.endpoints.ws_url, ["ws://", "wss://"]),
         ] {
             if !schemes.iter().any(|s| url.starts_with(s)) {
@@ -116,6 +120,50 @@ impl Config {
 }
 
 impl Config {
+    /// `[publish.nats]`: a subject prefix NATS accepts, bounded queues, one way to log in.
+    fn validate_nats(&self) -> Result<(), ConfigError> {
+        let n = &self.publish.nats;
+        if let Some(url) = &n.url {
+            let ok = !url.is_empty()
+                && url.split(',').all(|u| {
+                    let u = u.trim();
+                    !u.is_empty() && !u.contains(char::is_whitespace)
+                });
+            if !ok {
+                return Err(invalid(
+                    "publish.nats.url",
+                    url,
+                    "must be a URL list like nats://host:4222",
+                ));
+            }
+        }
+        let p = &n.subject_prefix;
+        let token_ok = |t: &str| {
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && !b"*>.".contains(&b))
+        };
+        if p.len() > 128 || !p.split('.').all(token_ok) {
+            return Err(invalid(
+                "publish.nats.subject_prefix",
+                p,
+                "must be dot-separated printable tokens without spaces, '*' or '>' (at most 128)",
+            ));
+        }
+        in_range("publish.nats.snapshot_interval_ms", n.snapshot_interval_ms, 10, 3_600_000)?;
+        in_range("publish.nats.channel_capacity", n.channel_capacity, 16, 1 << 22)?;
+        let logins = [n.creds_file.is_some(), n.user.is_some(), n.token.is_some()];
+        if logins.iter().filter(|&&x| x).count() > 1 {
+            return Err(invalid(
+                "publish.nats",
+                "creds_file/user/token",
+                "give at most one of creds_file, user (+ password), token",
+            ));
+        }
+        if n.password.is_some() && n.user.is_none() {
+            return Err(invalid("publish.nats.password", "<redacted>", "needs publish.nats.user"));
+        }
+        Ok(())
+    }
+
     /// `[api]` keys that decide who may reach the API and how many may hold it.
     fn validate_exposure(&self) -> Result<(), ConfigError> {
         let api = &self.api;

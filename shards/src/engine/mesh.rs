@@ -85,9 +85,56 @@ pub struct ShardStats {
     pub streamed_tokens: usize,
     pub stream_dropped: u64,
     pub stream_gap_snapshots: u64,
+    /// The shard's side of `[publish.nats]` (None: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsShardStats>,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,
     pub apply_ns_max: u64,
+    /// The same latencies as Prometheus histogram buckets (not in `/stats`).
+    #[serde(skip)]
+    pub apply_latency: LatencyBuckets,
     pub store: StoreCounters,
+}
+
+/// Upper bounds (ns) of the apply-latency histogram's buckets, `+Inf` implied. Fixed so that
+/// every scrape and every shard have the same `le` values (Prometheus sums buckets across
+/// series only when their bounds agree): 10 us to 1 s, roughly 1-2.5-5 per decade.
+pub const APPLY_LATENCY_BOUNDS_NS: [u64; 15] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+];
+
+/// Apply latencies since start as a Prometheus histogram: `cumulative[i]` counts the values
+/// at or below `APPLY_LATENCY_BOUNDS_NS[i]`; `count` is every value (the `+Inf` bucket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    pub cumulative: [u64; APPLY_LATENCY_BOUNDS_NS.len()],
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+/// What a data shard handed the NATS publisher.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct NatsShardStats {
+    /// Messages queued for the publisher.
+    pub sent: u64,
+    /// Messages lost to a full publisher channel (the token's next message is a snapshot).
+    pub dropped: u64,
+    /// Snapshots rendered for NATS (periodic and repairs; replacements are deltas).
+    pub snapshots: u64,
 }

@@ -6,9 +6,11 @@ pub mod control;
 pub mod data;
 pub mod discovery;
 pub mod mesh;
+pub mod nats;
 pub mod record;
 pub mod stream;
 pub mod supervise;
+pub mod uring;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +33,11 @@ pub enum EngineError {
     Tls(String),
     #[error("API: {0}")]
     Api(String),
+    /// Found before any executor starts (see `uring`).
+    #[error(transparent)]
+    IoUring(uring::IoUringUnavailable),
+    #[error("NATS publisher: {0}")]
+    Nats(String),
 }
 
 /// CPUs for the control shard and each data shard.
@@ -72,6 +79,7 @@ pub struct EngineHandle {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     supervisor: supervise::Supervisor,
     failures: flume::Receiver<supervise::Failure>,
+    publisher: Option<nats::Publisher>,
 }
 
 impl EngineHandle {
@@ -96,6 +104,10 @@ impl EngineHandle {
         let _ = self.stop.send(());
         for h in self.executors {
             let _ = h.join();
+        }
+        // After the shards: it sends what they queued before stopping.
+        if let Some(p) = self.publisher {
+            p.stop();
         }
     }
 }
@@ -217,6 +229,7 @@ fn start_with(
     let layout = resolve_layout(cfg, cpus)?;
     let (supervisor, failures) = supervise::Supervisor::new();
     let io_memory = cfg.layout.io_memory_kib << 10;
+    uring::probe(io_memory).map_err(EngineError::IoUring)?;
     // One trust for every TLS connection (wss here, https REST through the same options):
     // the webpki roots plus `endpoints.tls_roots_file`.
     let tls = Some(
@@ -230,6 +243,7 @@ fn start_with(
     let (stream_tx, stream_rx) = flume::bounded(1 << 16);
     // Stats snapshots every `data::STATS_EVERY`; the API answers from control's copy.
     let (stats_tx, stats_rx) = flume::bounded(64);
+    let (publisher, nats_status, nats_tx) = start_publisher(cfg, layout.data.len(), &supervisor)?;
     let mut shard_txs = Vec::new();
     let mut executors = Vec::new();
     for (i, &cpu) in layout.data.iter().enumerate() {
@@ -258,6 +272,9 @@ fn start_with(
             record_options,
             stale_after: Duration::from_millis(cfg.integrity.stale_after_ms),
             store: store_config(cfg),
+            nats: nats_tx
+                .clone()
+                .map(|tx| (tx, Duration::from_millis(cfg.publish.nats.snapshot_interval_ms))),
         };
         let reports = report_tx.clone();
         let streams = stream_tx.clone();
@@ -307,6 +324,7 @@ fn start_with(
             concurrent_max: cfg.lifecycle.recycle_concurrent_max,
         },
         recycle_check: Duration::from_millis(cfg.lifecycle.recycle_check_ms),
+        nats: nats_status,
     };
     let api_cfg = crate::api::ApiConfig {
         listen: cfg.api.listen.clone(),
@@ -318,6 +336,7 @@ fn start_with(
         },
         requests_per_s_max: cfg.api.requests_per_s_max,
         ready_books_live_pct_min: cfg.api.ready_books_live_pct_min,
+        ready_needs_nats: cfg.publish.nats.required_for_ready,
         recycles_max: cfg.lifecycle.recycle_concurrent_max,
         exposure: crate::api::Exposure {
             admin_token: cfg.api.admin_token.clone(),
@@ -363,5 +382,38 @@ fn start_with(
         Err(_) => return Err(EngineError::Api("control shard exited before binding".into())),
     };
     tracing::info!(api = %api_addr, data_shards = layout.data.len(), control_cpu = layout.control, "engine started");
-    Ok(EngineHandle { api_addr, stop: stop_tx, executors, supervisor, failures })
+    Ok(EngineHandle { api_addr, stop: stop_tx, executors, supervisor, failures, publisher })
+}
+
+type PublisherParts = (
+    Option<nats::Publisher>,
+    Option<std::sync::Arc<nats::NatsStatus>>,
+    Option<flume::Sender<nats::PubMsg>>,
+);
+
+/// Starts the NATS publisher thread when `[publish.nats] url` is set. It does not wait for
+/// the server: an absent server is a state (`/stats`), not a start-up failure.
+fn start_publisher(
+    cfg: &ValidConfig,
+    data_shards: usize,
+    sup: &supervise::Supervisor,
+) -> Result<PublisherParts, EngineError> {
+    let n = &cfg.publish.nats;
+    let Some(url) = &n.url else { return Ok((None, None, None)) };
+    let auth = match (&n.creds_file, &n.user, &n.token) {
+        (Some(f), _, _) => nats::NatsAuth::CredsFile(f.into()),
+        (_, Some(u), _) => nats::NatsAuth::UserPassword(
+            u.clone(),
+            n.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default(),
+        ),
+        (_, _, Some(t)) => nats::NatsAuth::Token(t.expose().to_owned()),
+        _ => nats::NatsAuth::None,
+    };
+    let settings = nats::NatsSettings { url: url.clone(), prefix: n.subject_prefix.clone(), auth };
+    // One channel for all shards, `channel_capacity` each.
+    let (tx, rx) = flume::bounded(n.channel_capacity.saturating_mul(data_shards.max(1)));
+    let status = std::sync::Arc::new(nats::NatsStatus::default());
+    let p = nats::start(settings, rx, std::sync::Arc::clone(&status), sup.clone())
+        .map_err(|e| EngineError::Nats(e.to_string()))?;
+    Ok((Some(p), Some(status), Some(tx)))
 }

@@ -1,6 +1,6 @@
 //! Outbound connections on glommio: WebSocket clients for the venue's market channel (ws:// to
-//! the simulator, wss:// to the real venue through rustls with ring) and a small HTTP/1.1 client
-//! for REST calls and the simulator's control endpoints.
+//! the simulator, wss:// to the real venue through rustls with ring). The engine's only HTTP
+//! client is discovery's (ureq, on a blocking thread); tests use ureq too.
 //!
 //! DNS names are resolved on glommio's blocking pool because the std resolver blocks, and
 //! glommio's own connect would resolve on the executor. Every phase has a timeout.
@@ -14,17 +14,13 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::{header, HeaderValue};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::WebSocketStream;
-use futures_lite::AsyncWriteExt;
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::error::NetError;
-use super::http::{body_kind, decode_chunked, find_header, BodyKind, ChunkError};
-use super::server::{read_more, with_timeout};
+use super::server::with_timeout;
 use super::stream::{ClientStream, MaybeTls};
 
 /// What every request of ours says it is: the venue sits behind Cloudflare, which treats
@@ -39,15 +35,13 @@ pub type ClientWs = WebSocketStream<ClientStream>;
 pub struct ConnectOptions {
     /// Per address tried.
     pub connect_timeout: Duration,
-    /// TLS plus WebSocket handshake, or one whole HTTP exchange.
+    /// TLS plus WebSocket handshake.
     pub io_timeout: Duration,
     /// Trust for wss:// and https://; `None` uses the bundled webpki roots.
     pub tls: Option<Arc<ClientConfig>>,
     /// Limits of the WebSocket; `None` for tungstenite's defaults.
     pub ws_config: Option<WebSocketConfig>,
-    /// Largest HTTP response body accepted.
-    pub max_response_body: usize,
-    /// `User-Agent` of HTTP requests and WebSocket handshakes; `None` sends none.
+    /// `User-Agent` of WebSocket handshakes; `None` sends none.
     pub user_agent: Option<String>,
 }
 
@@ -58,7 +52,6 @@ impl Default for ConnectOptions {
             io_timeout: Duration::from_secs(30),
             tls: None,
             ws_config: None,
-            max_response_body: 64 << 20,
             user_agent: Some(USER_AGENT.to_owned()),
         }
     }
@@ -118,17 +111,6 @@ impl Target {
             p => p.to_owned(),
         };
         Ok(Self { tls, host: host.to_owned(), port, path })
-    }
-
-    /// `host[:port]` for the `Host` header: the port is left out when it is the default.
-    pub fn host_header(&self) -> String {
-        let host =
-            if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == if self.tls { 443 } else { 80 } {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
     }
 }
 
@@ -246,236 +228,6 @@ pub async fn connect_ws_with(url: &str, opts: &ConnectOptions) -> Result<ClientW
     Ok(ws)
 }
 
-/// A response read by the HTTP client.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    /// The first header with this name (ASCII case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
-    }
-
-    /// The body as text (lossy: for messages and logs).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body parsed as JSON.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, NetError> {
-        Ok(serde_json::from_slice(&self.body)?)
-    }
-}
-
-/// One HTTP/1.1 connection that can carry several requests in turn (keep-alive).
-pub struct HttpConnection {
-    stream: ClientStream,
-    buf: Vec<u8>,
-    host: String,
-    opts: ConnectOptions,
-    reusable: bool,
-}
-
-impl HttpConnection {
-    /// Connects to the origin of an `http://` or `https://` URL (its path is ignored).
-    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, NetError> {
-        let target = Target::parse(url)?;
-        let stream = connect_stream(&target, opts).await?;
-        Ok(Self {
-            stream,
-            buf: Vec::new(),
-            host: target.host_header(),
-            opts: opts.clone(),
-            reusable: true,
-        })
-    }
-
-    /// Whether another request may be sent: false once the server said `connection: close`,
-    /// a body ran to end of stream, or an exchange failed.
-    pub fn is_reusable(&self) -> bool {
-        self.reusable
-    }
-
-    /// Sends one request and reads its response. `path` includes the query string; `body` is
-    /// `(content type, bytes)`.
-    pub async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, &[u8])>,
-    ) -> Result<HttpResponse, NetError> {
-        self.exchange(method, path, body, false).await
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, &[u8])>,
-        close: bool,
-    ) -> Result<HttpResponse, NetError> {
-        if !self.reusable {
-            return Err(NetError::BadResponse("connection is no longer usable".into()));
-        }
-        let unsafe_text = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == b' ');
-        if unsafe_text(method) || unsafe_text(path) || !path.starts_with('/') {
-            return Err(NetError::BadUrl { url: path.to_owned(), reason: "bad method or path" });
-        }
-        let agent = self.opts.user_agent.as_deref();
-        if agent.is_some_and(|a| a.bytes().any(|b| b == b'\r' || b == b'\n')) {
-            return Err(NetError::BadUrl { url: path.to_owned(), reason: "bad user agent" });
-        }
-        // Cleared first so that a timeout or error part-way leaves the connection unusable.
-        self.reusable = false;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
-        if let Some(agent) = agent {
-            head.push_str(&format!("user-agent: {agent}\r\n"));
-        }
-        if let Some((ctype, bytes)) = body {
-            head.push_str(&format!("content-type: {ctype}\r\ncontent-length: {}\r\n", bytes.len()));
-        } else if method == "POST" || method == "PUT" || method == "PATCH" {
-            head.push_str("content-length: 0\r\n");
-        }
-        if close {
-            head.push_str("connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        let io_timeout = self.opts.io_timeout;
-        let res = with_timeout(io_timeout, async {
-            let mut wire = head.into_bytes();
-            if let Some((_, bytes)) = body {
-                wire.extend_from_slice(bytes);
-            }
-            self.stream.write_all(&wire).await?;
-            self.stream.flush().await?;
-            self.read_response(method == "HEAD").await
-        })
-        .await;
-        res.ok_or(NetError::Timeout("http exchange"))?
-    }
-
-    async fn read_response(&mut self, head_only: bool) -> Result<HttpResponse, NetError> {
-        let max_body = self.opts.max_response_body;
-        loop {
-            let (status, headers, head_len) = loop {
-                let mut hdrs = [httparse::EMPTY_HEADER; 128];
-                let mut parsed = httparse::Response::new(&mut hdrs);
-                match parsed.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let headers: Vec<(String, String)> = parsed
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned())
-                            })
-                            .collect();
-                        break (parsed.code.unwrap_or(0), headers, n);
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() > 64 << 10 => {
-                        return Err(NetError::BadResponse("response head too large".into()))
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(NetError::BadResponse(e.to_string())),
-                }
-                if read_more(&mut self.stream, &mut self.buf, 16 << 10).await? == 0 {
-                    return Err(NetError::BadResponse("connection closed before response".into()));
-                }
-            };
-            self.buf.drain(..head_len);
-            // Interim answers (100 Continue) precede the real one.
-            if (100..200).contains(&status) && status != 101 {
-                continue;
-            }
-            let mut keep = !find_header(&headers, "connection")
-                .is_some_and(|c| super::http::has_token(c, "close"));
-            let no_body = head_only || status == 204 || status == 304 || status < 200;
-            let kind = if no_body {
-                Some(BodyKind::Length(0))
-            } else {
-                body_kind(&headers).map_err(|e| NetError::BadResponse(e.message().into()))?
-            };
-            let body = match kind {
-                Some(BodyKind::Length(n)) => {
-                    let n = usize::try_from(n)
-                        .ok()
-                        .filter(|&n| n <= max_body)
-                        .ok_or_else(|| NetError::BadResponse("response body too large".into()))?;
-                    while self.buf.len() < n {
-                        let want = (n - self.buf.len()).clamp(4096, 256 << 10);
-                        if read_more(&mut self.stream, &mut self.buf, want).await? == 0 {
-                            return Err(NetError::BadResponse("truncated body".into()));
-                        }
-                    }
-                    self.buf.drain(..n).collect()
-                }
-                Some(BodyKind::Chunked) => loop {
-                    match decode_chunked(&self.buf, max_body) {
-                        Ok(Some((body, used))) => {
-                            self.buf.drain(..used);
-                            break body;
-                        }
-                        Ok(None) => {}
-                        Err(ChunkError::TooLarge) => {
-                            return Err(NetError::BadResponse("response body too large".into()))
-                        }
-                        Err(ChunkError::Malformed) => {
-                            return Err(NetError::BadResponse("malformed chunked body".into()))
-                        }
-                    }
-                    if read_more(&mut self.stream, &mut self.buf, 16 << 10).await? == 0 {
-                        return Err(NetError::BadResponse("truncated chunked body".into()));
-                    }
-                },
-                None => {
-                    // Delimited by end of stream: the connection cannot be reused.
-                    keep = false;
-                    while read_more(&mut self.stream, &mut self.buf, 16 << 10).await? > 0 {
-                        if self.buf.len() > max_body {
-                            return Err(NetError::BadResponse("response body too large".into()));
-                        }
-                    }
-                    std::mem::take(&mut self.buf)
-                }
-            };
-            self.reusable = keep;
-            return Ok(HttpResponse { status, headers, body });
-        }
-    }
-}
-
-/// One request on a fresh connection (`connection: close`).
-pub async fn http_request(
-    method: &str,
-    url: &str,
-    body: Option<(&str, &[u8])>,
-    opts: &ConnectOptions,
-) -> Result<HttpResponse, NetError> {
-    let target = Target::parse(url)?;
-    let connect = HttpConnection::connect(url, opts);
-    let mut conn = with_timeout(opts.connect_timeout + opts.io_timeout, connect)
-        .await
-        .ok_or(NetError::Timeout("connect"))??;
-    conn.exchange(method, &target.path, body, true).await
-}
-
-/// `GET url` with default options.
-pub async fn http_get(url: &str) -> Result<HttpResponse, NetError> {
-    http_request("GET", url, None, &ConnectOptions::default()).await
-}
-
-/// `POST url` with `value` as a JSON body, default options.
-pub async fn http_post_json<T: Serialize + ?Sized>(
-    url: &str,
-    value: &T,
-) -> Result<HttpResponse, NetError> {
-    let body = serde_json::to_vec(value)?;
-    http_request("POST", url, Some(("application/json", &body)), &ConnectOptions::default()).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,8 +244,6 @@ mod tests {
         assert_eq!(p("http://h:1?x=1"), t(false, "h", 1, "/?x=1"));
         assert_eq!(p("HTTPS://h"), t(true, "h", 443, "/"));
         assert_eq!(p("ws://[::1]:9/a?b"), t(false, "::1", 9, "/a?b"));
-        assert_eq!(p("ws://[::1]:9/").host_header(), "[::1]:9");
-        assert_eq!(p("https://h:443/").host_header(), "h");
         for bad in ["127.0.0.1:80", "ftp://h/", "ws://:80/", "ws://h:0/", "ws://h:x/", "ws://u@h/"]
         {
             assert!(Target::parse(bad).is_err(), "{bad}");

@@ -17,9 +17,8 @@ mod tls;
 pub use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 pub use async_tungstenite::tungstenite::Message;
 pub use client::{
-    connect_stream, connect_ws, connect_ws_with, default_tls_config, http_get, http_post_json,
-    http_request, resolve, tls_config_with_roots, ClientWs, ConnectOptions, HttpConnection,
-    HttpResponse, Target, USER_AGENT,
+    connect_stream, connect_ws, connect_ws_with, default_tls_config, resolve,
+    tls_config_with_roots, ClientWs, ConnectOptions, Target, USER_AGENT,
 };
 pub use error::NetError;
 pub use http::{

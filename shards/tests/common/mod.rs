@@ -56,6 +56,109 @@ pub fn get(url: &str) -> (u16, Value) {
     }
 }
 
+/// A response read whole, for the tests that drive a server on their own executor.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// One request with `agent` (ureq, blocking) on glommio's blocking pool: a test on an executor
+/// can call a server that runs on the same executor. `body` is (content type, bytes).
+pub async fn http_with(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<HttpResponse, String> {
+    let (agent, method, url) = (agent.clone(), method.to_owned(), url.to_owned());
+    let body = body.map(|(t, b)| (t.to_owned(), b.to_vec()));
+    let call = move || -> Result<HttpResponse, String> {
+        let mut req = ureq::http::Request::builder().method(method.as_str()).uri(url.as_str());
+        if let Some((t, _)) = &body {
+            req = req.header("content-type", t.as_str());
+        }
+        let bytes = body.map(|(_, b)| b).unwrap_or_default();
+        let req = req.body(bytes).map_err(|e| e.to_string())?;
+        let mut resp = agent.run(req).map_err(|e| e.to_string())?;
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok(HttpResponse { status: resp.status().as_u16(), headers, body })
+    };
+    glommio::executor().spawn_blocking(call).await
+}
+
+/// [`http_with`] with the helpers' [`agent`].
+pub async fn http(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<HttpResponse, String> {
+    http_with(&agent(), method, url, body).await
+}
+
+pub async fn http_get(url: &str) -> Result<HttpResponse, String> {
+    http("GET", url, None).await
+}
+
+pub async fn http_post_json<T: serde::Serialize + ?Sized>(
+    url: &str,
+    body: &T,
+) -> Result<HttpResponse, String> {
+    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    http("POST", url, Some(("application/json", &bytes))).await
+}
+
+/// An agent like [`agent`] that trusts exactly `roots`.
+pub fn agent_trusting(roots: &[CertificateDer<'static>]) -> ureq::Agent {
+    let roots: Vec<Certificate<'static>> =
+        roots.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(polybook_shards::net::ring_provider())
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .user_agent(TEST_USER_AGENT)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// GET as text: (status, body).
+pub fn get_text(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
 pub fn post(url: &str, body: &str) -> u16 {
     match agent().post(url).header("content-type", "application/json").send(body) {
         Ok(r) => r.status().as_u16(),

@@ -47,6 +47,8 @@ pub struct ControlConfig {
     pub recycle_check: Duration,
     /// How often a progress line is logged (markets, books live, frames/s); zero: never.
     pub progress_interval: Duration,
+    /// The NATS publisher's state, when `[publish.nats]` is on.
+    pub nats: Option<std::sync::Arc<crate::engine::nats::NatsStatus>>,
 }
 
 /// Shared by the control shard's tasks.
@@ -86,6 +88,7 @@ pub async fn run(
         gamma_limits: cfg.discovery.clone(),
         discovery_interval: cfg.discovery_interval,
         clock: Clock::start(),
+        nats: cfg.nats.clone(),
     });
     let stopping = Shutdown::new();
     let api = api::start(server, origins, api_cfg, Rc::clone(&control), streams, &stopping);

@@ -28,6 +28,8 @@ pub struct Control {
     pub gamma_limits: DiscoveryLimits,
     pub discovery_interval: Duration,
     pub clock: Clock,
+    /// The NATS publisher's state (written by its thread), when `[publish.nats]` is on.
+    pub nats: Option<std::sync::Arc<crate::engine::nats::NatsStatus>>,
 }
 
 impl Control {

@@ -59,6 +59,8 @@ pub struct DataShardConfig {
     pub record_options: super::record::RecordOptions,
     /// A socket with no data frame for this long marks its Live books Stale.
     pub stale_after: Duration,
+    /// `[publish.nats]`: the publisher's channel and the snapshot interval (None: off).
+    pub nats: Option<(flume::Sender<crate::engine::nats::PubMsg>, Duration)>,
 }
 
 impl DataShardConfig {
@@ -112,7 +114,7 @@ impl UpdateSink for Outputs {
         if let Some(h) = self.handler.as_mut() {
             h.on_update(update, book);
         }
-        if !self.tap.is_empty() {
+        if self.tap.active() {
             self.tap.on_update(update, book);
         }
     }
@@ -135,6 +137,8 @@ struct Shell {
     connect: ConnectOptions,
     clock: Clock,
     hist: Option<Histogram<u64>>,
+    /// Exact sum of the recorded latencies (ns), for the histogram's `_sum`.
+    hist_sum_ns: u64,
     reports: flume::Sender<Report>,
     /// Reports waiting for room on the bounded channel (never dropped; retried each tick).
     pending_reports: std::collections::VecDeque<Report>,
@@ -171,7 +175,12 @@ pub async fn run(
         group,
         outputs: Outputs {
             handler: cfg.handler.as_ref().map(|make| make(shard_id)),
-            tap: StreamTap::new(streams),
+            tap: match &cfg.nats {
+                Some((tx, every)) => {
+                    StreamTap::new(streams).with_nats(tx.clone(), every.as_millis() as u64)
+                }
+                None => StreamTap::new(streams),
+            },
         },
         sockets: HashMap::new(),
         connecting: HashMap::new(),
@@ -180,6 +189,7 @@ pub async fn run(
         clock: Clock::start(),
         // 1 ns .. 60 s at 3 significant digits: valid bounds, so this is always Some.
         hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).ok(),
+        hist_sum_ns: 0,
         reports,
         pending_reports: std::collections::VecDeque::new(),
         actions: Vec::new(),
@@ -190,6 +200,9 @@ pub async fn run(
     let stopping = Shutdown::new();
     spawn_in(control_q, timer_loop(Rc::clone(&shell), stopping.clone()));
     spawn_in(control_q, stats::stats_loop(Rc::clone(&shell), stats_out, stopping.clone()));
+    if let Some((_, every)) = &cfg.nats {
+        spawn_in(control_q, nats_snapshot_loop(Rc::clone(&shell), *every, stopping.clone()));
+    }
     let commands_done = Shutdown::new();
     let done = commands_done.clone();
     spawn_in(control_q, {
@@ -400,6 +413,30 @@ fn flush_reports(sh: &mut Shell) {
                 sh.pending_reports.clear();
                 break;
             }
+        }
+    }
+}
+
+/// Renders the NATS snapshots of changed books as they fall due. Wakes a few times per
+/// interval so a snapshot is at most ~1/4 interval late; only changed tokens are visited.
+async fn nats_snapshot_loop(shell: ShellRef, every: Duration, stop: Shutdown) {
+    let wake = (every / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    while !stop.is_triggered() {
+        future::or(glommio::timer::sleep(wake), stop.wait()).await;
+        // A slice at a time, like `/ws` subscribe snapshots, so a burst of due books does not
+        // hold the feed up.
+        loop {
+            let rendered = {
+                let mut sh = shell.borrow_mut();
+                let now_ms = crate::engine::clock::wall_ms();
+                let Shell { group, outputs, .. } = &mut *sh;
+                let store = group.store();
+                outputs.tap.nats_snapshots(now_ms, STREAM_SNAPSHOTS_PER_SLICE, |t| store.get(t))
+            };
+            if rendered < STREAM_SNAPSHOTS_PER_SLICE {
+                break;
+            }
+            glommio::yield_if_needed().await;
         }
     }
 }

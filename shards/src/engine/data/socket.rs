@@ -115,7 +115,9 @@ fn frame(shell: &ShellRef, socket: SocketId, text: &str) {
         tracing::debug!(feed = %socket, errors = ?report.errors, "frame errors");
     }
     let ns = recv.elapsed().as_nanos() as u64;
-    if let Some(h) = &mut shell.borrow_mut().hist {
+    let sh = &mut *shell.borrow_mut();
+    if let Some(h) = &mut sh.hist {
         h.saturating_record(ns.max(1));
+        sh.hist_sum_ns = sh.hist_sum_ns.saturating_add(ns);
     }
 }

@@ -1,24 +1,70 @@
 //! The data shard's side of the streams: sequence numbers, serialised messages, gap repair.
+//!
+//! Two outputs share one per-token `seq` and one rendering of each message: the `/ws` hub
+//! (tokens a client asked for) and, when `[publish.nats]` is on, the NATS publisher (every
+//! token). Every seq-numbered message goes to both outputs that carry the token, so a
+//! consumer of either sees the same sequence; a message one output lost makes the token's next
+//! message a snapshot for both. With NATS off, a token no client streams costs one branch.
 
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 use polybook::store::BookUpdate;
-use polybook::{Book, TokenId};
+use polybook::{Book, Price, Size, TokenId};
 
 use super::StreamMsg;
+use crate::engine::nats::PubMsg;
+
+/// One token's sequence and what its outputs need.
+#[derive(Default)]
+struct Tok {
+    seq: u64,
+    /// A `/ws` client streams it.
+    ws: bool,
+    /// Top of book last published to NATS (bid price/size, ask price/size).
+    bbo: Option<[u64; 4]>,
+    /// When the last NATS snapshot was published (wall ms).
+    snap_ms: u64,
+}
+
+/// The NATS side of the tap.
+struct NatsOut {
+    tx: flume::Sender<PubMsg>,
+    interval_ms: u64,
+    /// Tokens changed since their last snapshot, with when the next one is due.
+    due: HashMap<TokenId, u64>,
+    /// Tokens one of whose messages was lost: their next message is a snapshot.
+    gapped: HashSet<TokenId>,
+    sent: u64,
+    dropped: u64,
+    snapshots: u64,
+}
 
 /// The data shard's side: which tokens are streamed and their sequence numbers.
 pub struct StreamTap {
     tx: flume::Sender<StreamMsg>,
-    seq: HashMap<TokenId, u64>,
-    /// Tokens one of whose messages could not be queued: their next message is a snapshot, so
-    /// a client never holds a wrong book without knowing (see `retry_gaps`).
+    toks: HashMap<TokenId, Tok>,
+    /// Tokens a `/ws` client streams (those with `Tok::ws`).
+    ws_len: usize,
+    /// Tokens one of whose `/ws` messages could not be queued: their next message is a
+    /// snapshot, so a client never holds a wrong book without knowing (see `retry_gaps`).
     gapped: HashSet<TokenId>,
+    nats: Option<NatsOut>,
     /// Messages lost because the hub's channel was full (each is repaired by a snapshot).
     pub dropped: u64,
     /// Snapshots sent to repair such gaps.
     pub gap_snapshots: u64,
+}
+
+/// The tap's NATS counters for the shard's stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatsTapCounters {
+    /// Messages handed to the publisher.
+    pub sent: u64,
+    /// Messages lost to a full publisher channel (each repaired by a snapshot).
+    pub dropped: u64,
+    /// Periodic and repairing snapshots rendered for NATS.
+    pub snapshots: u64,
 }
 
 /// One stream message, serialised with serde so that any id is escaped.
@@ -61,77 +107,180 @@ enum Out<'a> {
     },
 }
 
-fn to_text(out: &Out<'_>) -> Arc<str> {
+fn to_text(out: &impl serde::Serialize) -> Arc<str> {
     Arc::from(serde_json::to_string(out).unwrap_or_default())
 }
 
 impl StreamTap {
     pub fn new(tx: flume::Sender<StreamMsg>) -> StreamTap {
-        StreamTap { tx, seq: HashMap::new(), gapped: HashSet::new(), dropped: 0, gap_snapshots: 0 }
+        StreamTap {
+            tx,
+            toks: HashMap::new(),
+            ws_len: 0,
+            gapped: HashSet::new(),
+            nats: None,
+            dropped: 0,
+            gap_snapshots: 0,
+        }
+    }
+
+    /// Publish every token to NATS through `tx`, with a snapshot of a changing book at most
+    /// every `interval_ms`.
+    pub fn with_nats(mut self, tx: flume::Sender<PubMsg>, interval_ms: u64) -> StreamTap {
+        self.nats = Some(NatsOut {
+            tx,
+            interval_ms,
+            due: HashMap::new(),
+            gapped: HashSet::new(),
+            sent: 0,
+            dropped: 0,
+            snapshots: 0,
+        });
+        self
+    }
+
+    /// Whether any change needs the tap at all (false: the shard skips it).
+    pub fn active(&self) -> bool {
+        self.ws_len > 0 || self.nats.is_some()
+    }
+
+    pub fn nats_counters(&self) -> Option<NatsTapCounters> {
+        self.nats.as_ref().map(|n| NatsTapCounters {
+            sent: n.sent,
+            dropped: n.dropped,
+            snapshots: n.snapshots,
+        })
     }
 
     /// Starts streaming `token` (if not yet) and sends `client` a snapshot.
     pub fn subscribe(&mut self, book: &Book, client: u64, depth: Option<usize>) {
-        let seq = *self.seq.entry(book.token().clone()).or_insert(0);
-        let text = snapshot_json(book, seq, depth);
+        let tok = self.toks.entry(book.token().clone()).or_default();
+        if !tok.ws {
+            tok.ws = true;
+            self.ws_len += 1;
+        }
+        let text = snapshot_json(book, tok.seq, depth);
         self.send(StreamMsg { token: book.token().clone(), to: Some(client), text });
     }
 
     pub fn unsubscribe(&mut self, token: &str) {
-        self.seq.remove(token);
         self.gapped.remove(token);
+        let Some(tok) = self.toks.get_mut(token) else { return };
+        if tok.ws {
+            tok.ws = false;
+            self.ws_len -= 1;
+        }
+        // NATS carries every token: its sequence goes on.
+        if self.nats.is_none() {
+            self.toks.remove(token);
+        }
     }
 
     /// The engine drops `token`'s book: its clients are told to drop theirs too.
     pub fn untracked(&mut self, token: &TokenId) {
-        let Some(seq) = self.seq.remove(token.as_str()) else { return };
+        let Some(tok) = self.toks.remove(token.as_str()) else { return };
         self.gapped.remove(token.as_str());
-        let text =
-            to_text(&Out::Reset { token_id: token.as_str(), seq: seq + 1, reason: "untracked" });
-        // A lost reset cannot be repaired by a snapshot (there is no book); the hub's channel
-        // is large, and the loss is counted.
-        self.send(StreamMsg { token: token.clone(), to: None, text });
+        let text = to_text(&Out::Reset {
+            token_id: token.as_str(),
+            seq: tok.seq + 1,
+            reason: "untracked",
+        });
+        if tok.ws {
+            self.ws_len -= 1;
+            // A lost reset cannot be repaired by a snapshot (there is no book); the hub's
+            // channel is large, and the loss is counted.
+            self.send(StreamMsg { token: token.clone(), to: None, text: Arc::clone(&text) });
+        }
+        if let Some(n) = self.nats.as_mut() {
+            n.due.remove(token.as_str());
+            n.gapped.remove(token.as_str());
+            n.offer(PubMsg::Gone { token: token.clone(), text });
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seq.is_empty()
+        self.ws_len == 0
     }
 
-    /// Tokens streamed now.
+    /// Tokens streamed to `/ws` clients now.
     pub fn len(&self) -> usize {
-        self.seq.len()
+        self.ws_len
     }
 
-    /// Tokens whose stream has a gap still to repair.
-    pub fn gaps(&self) -> impl Iterator<Item = &TokenId> {
-        self.gapped.iter()
+    /// Tokens whose stream (either output) has a gap still to repair.
+    pub fn gaps(&self) -> Vec<TokenId> {
+        let mut v: Vec<TokenId> = self.gapped.iter().cloned().collect();
+        if let Some(n) = &self.nats {
+            v.extend(n.gapped.iter().filter(|t| !self.gapped.contains(t.as_str())).cloned());
+        }
+        v
     }
 
     /// Sends a repairing snapshot for a gapped token (called on a timer, for tokens that had no
     /// update since their gap).
     pub fn repair(&mut self, book: &Book) {
-        if !self.gapped.contains(book.token().as_str()) {
+        let token = book.token().as_str();
+        let ws_gap = self.gapped.contains(token);
+        let nats_gap = self.nats.as_ref().is_some_and(|n| n.gapped.contains(token));
+        if !(ws_gap || nats_gap) {
             return;
         }
-        let Some(seq) = self.seq.get_mut(book.token().as_str()) else { return };
-        *seq += 1;
-        let text = snapshot_json(book, *seq, None);
-        if self.send(StreamMsg { token: book.token().clone(), to: None, text }) {
-            self.gapped.remove(book.token().as_str());
-            self.gap_snapshots += 1;
+        let Some(tok) = self.toks.get_mut(token) else { return };
+        tok.seq += 1;
+        let text = snapshot_json(book, tok.seq, None);
+        self.emit(book, text, true, None, wall_ms());
+    }
+
+    /// NATS snapshots of the books that changed and are due at `now_ms`, at most `max`;
+    /// `books` finds a token's book (None: gone). Returns how many were rendered.
+    pub fn nats_snapshots<'b>(
+        &mut self,
+        now_ms: u64,
+        max: usize,
+        books: impl Fn(&str) -> Option<&'b Book>,
+    ) -> usize {
+        let Some(n) = self.nats.as_mut() else { return 0 };
+        let due: Vec<TokenId> = n
+            .due
+            .iter()
+            .filter(|(_, &at)| at <= now_ms)
+            .map(|(t, _)| t.clone())
+            .take(max)
+            .collect();
+        let mut rendered = 0;
+        for t in due {
+            let (Some(book), Some(tok)) = (books(t.as_str()), self.toks.get_mut(t.as_str())) else {
+                n.due.remove(t.as_str());
+                continue;
+            };
+            // The book as it is after message `seq`: a consumer applies deltas above it.
+            let text = snapshot_json(book, tok.seq, None);
+            rendered += 1;
+            if n.offer(PubMsg::Snapshot { token: t.clone(), text }) {
+                n.due.remove(t.as_str());
+                n.snapshots += 1;
+                tok.snap_ms = now_ms;
+            }
         }
+        rendered
     }
 
     /// Called for every applied change; cheap when the token is not streamed.
     pub fn on_update(&mut self, update: &BookUpdate, book: &Book) {
-        let Some(seq) = self.seq.get_mut(book.token().as_str()) else { return };
-        *seq += 1;
-        let seq = *seq;
         let token_id = book.token().as_str();
+        let tok = match self.toks.get_mut(token_id) {
+            Some(t) => t,
+            None if self.nats.is_some() => self.toks.entry(book.token().clone()).or_default(),
+            None => return,
+        };
+        tok.seq += 1;
+        let seq = tok.seq;
         let timestamp_ms = book.timestamp_ms();
-        let repair = self.gapped.contains(token_id);
+        let repair = self.gapped.contains(token_id)
+            || self.nats.as_ref().is_some_and(|n| n.gapped.contains(token_id));
+        let snapshot = repair || matches!(update, BookUpdate::Snapshot);
         let text = match *update {
-            _ if repair => snapshot_json(book, seq, None),
+            _ if snapshot => snapshot_json(book, seq, None),
             BookUpdate::Snapshot => snapshot_json(book, seq, None),
             BookUpdate::Level { side, price, size, .. } => to_text(&Out::Level {
                 token_id,
@@ -156,10 +305,57 @@ impl StreamTap {
                 to_text(&Out::Status { token_id, seq, timestamp_ms, status: to })
             }
         };
-        let token = book.token().clone();
-        if self.send(StreamMsg { token, to: None, text }) && repair {
-            self.gapped.remove(book.token().as_str());
-            self.gap_snapshots += 1;
+        // A trade is a delta of the token and also the market's trade message (same text).
+        let trade = matches!(update, BookUpdate::LastTrade(_)).then(|| Arc::clone(&text));
+        let now_ms = if self.nats.is_some() { wall_ms() } else { 0 };
+        self.emit(book, text, snapshot, trade, now_ms);
+    }
+
+    /// Sends one seq-numbered message to every output that carries the token.
+    fn emit(
+        &mut self,
+        book: &Book,
+        text: Arc<str>,
+        snapshot: bool,
+        trade: Option<Arc<str>>,
+        now_ms: u64,
+    ) {
+        let token = book.token();
+        let Some(tok) = self.toks.get_mut(token.as_str()) else { return };
+        let ws = tok.ws;
+        if let Some(n) = self.nats.as_mut() {
+            let msg = PubMsg::Delta { token: token.clone(), text: Arc::clone(&text), snapshot };
+            if n.offer(msg) {
+                if n.gapped.remove(token.as_str()) {
+                    n.snapshots += 1;
+                }
+                if snapshot {
+                    n.due.remove(token.as_str());
+                    tok.snap_ms = now_ms;
+                }
+            } else {
+                n.gapped.insert(token.clone());
+            }
+            if !snapshot && !n.due.contains_key(token.as_str()) {
+                let at = tok.snap_ms.saturating_add(n.interval_ms).max(now_ms);
+                n.due.insert(token.clone(), at);
+            }
+            let bbo = top_of_book(book);
+            if tok.bbo != Some(bbo) {
+                tok.bbo = Some(bbo);
+                let text = bbo_json(book, tok.seq);
+                n.offer(PubMsg::Bbo { token: token.clone(), text });
+            }
+            if let Some(text) = trade {
+                n.offer(PubMsg::Trade { market: book.market().clone(), text });
+            }
+        }
+        if ws {
+            let was_gapped = self.gapped.contains(token.as_str());
+            if self.send(StreamMsg { token: token.clone(), to: None, text }) && was_gapped {
+                self.gapped.remove(token.as_str());
+                self.gap_snapshots += 1;
+            }
         }
     }
 
@@ -167,7 +363,7 @@ impl StreamTap {
         let token = msg.token.clone();
         if self.tx.try_send(msg).is_err() {
             self.dropped += 1;
-            if self.seq.contains_key(token.as_str()) {
+            if self.toks.get(token.as_str()).is_some_and(|t| t.ws) {
                 self.gapped.insert(token);
             }
             return false;
@@ -176,9 +372,67 @@ impl StreamTap {
     }
 }
 
+impl NatsOut {
+    /// Hands a message to the publisher without waiting: a full channel drops it (counted).
+    fn offer(&mut self, msg: PubMsg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.sent += 1;
+                true
+            }
+            Err(_) => {
+                self.dropped += 1;
+                false
+            }
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    crate::engine::clock::wall_ms()
+}
+
+/// Best bid and ask, price and size (0 for an empty side).
+fn top_of_book(book: &Book) -> [u64; 4] {
+    let raw = |l: Option<polybook::Level>| {
+        l.map_or((0, 0), |l| (u64::from(l.price.units()), l.size.units()))
+    };
+    let (bp, bs) = raw(book.best_bid());
+    let (ap, as_) = raw(book.best_ask());
+    [bp, bs, ap, as_]
+}
+
+#[derive(serde::Serialize)]
+struct Quote {
+    price: Price,
+    size: Size,
+}
+
+#[derive(serde::Serialize)]
+struct BboOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    token_id: &'a str,
+    seq: u64,
+    timestamp_ms: u64,
+    bid: Option<Quote>,
+    ask: Option<Quote>,
+}
+
+fn bbo_json(book: &Book, seq: u64) -> Arc<str> {
+    let q = |l: Option<polybook::Level>| l.map(|l| Quote { price: l.price, size: l.size });
+    to_text(&BboOut {
+        kind: "bbo",
+        token_id: book.token().as_str(),
+        seq,
+        timestamp_ms: book.timestamp_ms(),
+        bid: q(book.best_bid()),
+        ask: q(book.best_ask()),
+    })
+}
+
 fn snapshot_json(book: &Book, seq: u64, depth: Option<usize>) -> Arc<str> {
-    let fresh =
-        polybook::view::Freshness { now_ms: crate::engine::clock::wall_ms(), feed_silent_ms: None };
+    let fresh = polybook::view::Freshness { now_ms: wall_ms(), feed_silent_ms: None };
     let b = polybook::view::ServedBook { book, depth, fresh }.to_json();
     // The token id goes through serde (escaped); the book is already JSON.
     let token = serde_json::to_string(book.token().as_str()).unwrap_or_default();

@@ -1,46 +1,22 @@
 //! Byte-level decoding: query strings, percent escapes, body framing headers, chunked bodies.
 
-/// Splits `a=1&b=x%20y&c` into decoded pairs; a key without `=` gets an empty value.
+/// Splits `a=1&b=x%20y+z&c` into decoded pairs (`+` is form encoding's space); a key without
+/// `=` gets an empty value.
 pub fn parse_query(raw: &str) -> Vec<(String, String)> {
+    let component = |s: &str| percent_decode(&s.replace('+', " "));
     raw.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
+            Some((k, v)) => (component(k), component(v)),
+            None => (component(p), String::new()),
         })
         .collect()
 }
 
-/// Decodes `%XX` escapes and `+` (form encoding's space). Malformed escapes stay as they are,
-/// and invalid UTF-8 is replaced, so decoding never fails.
+/// Decodes `%XX` escapes (a path segment: `+` stays). Malformed escapes stay as they are, and
+/// invalid UTF-8 is replaced, so decoding never fails.
 pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Why a chunked body could not be decoded.
@@ -178,6 +154,8 @@ mod tests {
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("a%4"), "a%4");
         assert_eq!(percent_decode("%41"), "A");
+        assert_eq!(percent_decode("a+b%2B"), "a+b+", "a path keeps its plus signs");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}", "invalid UTF-8 is replaced");
     }
 
     #[test]
