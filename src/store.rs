@@ -135,6 +135,10 @@ pub struct StoreCounters {
     pub entries_before_seed: u64,
     /// Events for books already resolved.
     pub after_resolved: u64,
+    /// Levels a book still had when its `market_resolved` arrived, cleared then: the venue
+    /// cancels every order of a resolved market and sends each removal first, so these are
+    /// removals that never reached us (a skipped frame).
+    pub resolved_levels_cleared: u64,
     pub snapshots_repaired: u64,
     pub hash_checks: u64,
     pub hash_mismatches: u64,
@@ -813,7 +817,20 @@ impl BookStore {
                 Some(book) if !admit(book, feed, &mut self.counters) => {}
                 Some(book) => {
                     any = true;
-                    book.set_timestamp(e.timestamp.0);
+                    // A resolved market has no orders: the venue's book is empty. Levels left
+                    // here are removals we missed; a resolved book is judged no more, so
+                    // keeping them would show a wrong book under a final status for good.
+                    let left = book.bids().len() + book.asks().len();
+                    if left > 0 {
+                        self.counters.resolved_levels_cleared += left as u64;
+                        // Empty ladders are always in order: nothing to repair.
+                        let _ = book.replace(&[], &[], e.timestamp.0);
+                        book.set_venue_hash(None);
+                        book.set_verified(false);
+                        sink.on_update(&BookUpdate::Snapshot, book);
+                    } else {
+                        book.set_timestamp(e.timestamp.0);
+                    }
                     set_status(book, BookStatus::Resolved, &mut self.counters, sink);
                 }
                 None => self.counters.untracked += 1,

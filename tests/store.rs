@@ -243,7 +243,62 @@ fn store_resolution_freezes_both_books() {
     assert_eq!(s.get(B).map(Book::status), Some(BookStatus::Resolved));
     s.apply_frame(&pc_frame(&[entry(&ra, Side::Buy, "0.5", "1", 100, None)], 100), &mut NoSink);
     assert_eq!(s.counters().after_resolved, 1);
+    // A resolved market has no orders: its book is empty, whatever removals were missed.
+    assert!(s.get(A).is_some_and(|b| b.bids().is_empty() && b.asks().is_empty()));
+    assert_eq!(s.counters().resolved_levels_cleared, 4);
+}
+
+fn resolved_frame(ts: u64) -> String {
+    format!(
+        r#"{{"id":"1","market":"{M}","assets_ids":["{A}","{B}"],"winning_asset_id":"{A}","winning_outcome":"Yes","event_message":null,"timestamp":"{ts}","event_type":"market_resolved","tags":[]}}"#
+    )
+}
+
+/// The chaos e2e failure (issue 19): the venue settles a market with one `price_change` per
+/// level (a burst at one timestamp, every entry hashing the final, empty book), then
+/// `market_resolved`. A skipped frame of that burst used to leave its level in a book marked
+/// `resolved` for good (a resolved book is judged no more), while the venue's book is empty.
+#[test]
+fn store_resolution_after_a_lost_level_removal_leaves_no_level() {
+    let (mut s, mut ra, mut rb) = seeded();
+    let ts = 50;
+    for r in [&mut ra, &mut rb] {
+        r.set_level(Side::Buy, p("0.4"), Size::ZERO);
+        r.set_level(Side::Sell, p("0.6"), Size::ZERO);
+    }
+    // A's bid removal is lost (a skipped frame); the rest of the burst arrives.
+    let burst = [
+        entry(&ra, Side::Sell, "0.6", "0", ts, None),
+        entry(&rb, Side::Buy, "0.4", "0", ts, None),
+        entry(&rb, Side::Sell, "0.6", "0", ts, None),
+    ];
+    for e in burst {
+        s.apply_frame(&pc_frame(&[e], ts), &mut NoSink);
+    }
     assert_eq!(s.get(A).map(|b| b.bids().len()), Some(1));
+    let mut updates = Vec::new();
+    s.apply_frame(&resolved_frame(ts), &mut |u: &BookUpdate, b: &Book| {
+        updates.push((b.token().as_str().to_owned(), *u, b.bids().len() + b.asks().len()))
+    });
+    for t in [A, B] {
+        let b = s.get(t).unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(b.status(), BookStatus::Resolved, "{t}");
+        assert!(b.bids().is_empty() && b.asks().is_empty(), "{t}: {:?} {:?}", b.bids(), b.asks());
+    }
+    assert_eq!(s.counters().resolved_levels_cleared, 1);
+    // Whoever keeps the book from the updates (the /ws streams) sees it emptied, then resolved.
+    let a: Vec<_> = updates.iter().filter(|u| u.0 == A).map(|u| (u.1, u.2)).collect();
+    assert_eq!(
+        a,
+        [
+            (BookUpdate::Snapshot, 0),
+            (BookUpdate::Status { from: BookStatus::Live, to: BookStatus::Resolved }, 0)
+        ],
+        "{updates:?}"
+    );
+    // Nothing settles it back.
+    settle_all(&mut s, 1_000_000);
+    assert_eq!(s.get(A).map(Book::status), Some(BookStatus::Resolved));
 }
 
 #[test]

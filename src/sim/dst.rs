@@ -17,9 +17,10 @@ use std::fmt;
 use super::model::{SimConfig, SimExchange};
 use super::rng::Rng;
 use super::shape::RealShape;
+use super::truth::TruthBook;
 use super::venue::Venue;
 use crate::book::Side;
-use crate::book::{BookStatus, TokenMeta};
+use crate::book::{Book, BookStatus, TokenMeta};
 use crate::conn::{Action, ConnConfig, ConnGroup};
 use crate::ids::{ConnId, MarketId, ShardId, SocketId};
 use crate::market::MarketSpec;
@@ -550,6 +551,20 @@ impl World {
         if self.queue.len() > 1_000_000 {
             return Err(format!("event queue grew to {}", self.queue.len()));
         }
+        // A book that says `resolved` is final: it must be the venue's (empty) book.
+        for (m, &shard) in &self.tracked {
+            let Some(idx) = self.venue.ex.market_index(m.as_str()) else { continue };
+            let Some(market) = self.venue.ex.market(idx) else { continue };
+            for o in 0..2 {
+                let token = &market.tokens[o];
+                let Some(book) = self.groups[shard].store().get(token.as_str()) else { continue };
+                if book.status() == BookStatus::Resolved {
+                    differs_from_truth(book, market.truth(o)).map_or(Ok(()), |d| {
+                        Err(format!("resolved {}: {d}", short(token.as_str())))
+                    })?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -583,20 +598,11 @@ impl World {
                         book.feed()
                     ));
                 }
-                let ours = |side: Side| -> Vec<(u64, u64)> {
-                    book.levels(side)
-                        .iter()
-                        .map(|l| (u64::from(l.price.units()), l.size.units()))
-                        .collect()
-                };
-                let mut bids: Vec<(u64, u64)> = ours(Side::Buy);
-                let mut asks: Vec<(u64, u64)> = ours(Side::Sell);
-                bids.sort_unstable();
-                asks.sort_unstable();
-                let tb: Vec<(u64, u64)> = truth.bids.iter().map(|(&p, &s)| (p, s)).collect();
-                let ta: Vec<(u64, u64)> = truth.asks.iter().map(|(&p, &s)| (p, s)).collect();
-                if bids != tb || asks != ta {
-                    return Err(format!("{} differs from the truth at rest: bids {bids:?} vs {tb:?}, asks {asks:?} vs {ta:?}", short(token.as_str())));
+                if let Some(d) = differs_from_truth(book, truth) {
+                    return Err(format!(
+                        "{} differs from the truth at rest: {d}",
+                        short(token.as_str())
+                    ));
                 }
                 checked += 1;
             }
@@ -604,6 +610,23 @@ impl World {
         self.report.books_checked = checked;
         Ok(())
     }
+}
+
+/// How a book's levels differ from the venue's truth, if they do.
+fn differs_from_truth(book: &Book, truth: &TruthBook) -> Option<String> {
+    let ours = |side: Side| -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = book
+            .levels(side)
+            .iter()
+            .map(|l| (u64::from(l.price.units()), l.size.units()))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (bids, asks) = (ours(Side::Buy), ours(Side::Sell));
+    let tb: Vec<(u64, u64)> = truth.bids.iter().map(|(&p, &s)| (p, s)).collect();
+    let ta: Vec<(u64, u64)> = truth.asks.iter().map(|(&p, &s)| (p, s)).collect();
+    (bids != tb || asks != ta).then(|| format!("bids {bids:?} vs {tb:?}, asks {asks:?} vs {ta:?}"))
 }
 
 fn short(id: &str) -> &str {

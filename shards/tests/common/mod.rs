@@ -288,8 +288,13 @@ pub fn compare_with_truth(
     for (token, active) in sim_tokens(sim) {
         let (_, truth) = get(&format!("{}/sim/book/{token}", sim.http_url()));
         let (status, ours) = get(&format!("http://{}/books/{token}", engine.api_addr()));
-        let differs =
-            |key: &str| format!("{token}: {key} differs: ours {} truth {}", ours[key], truth[key]);
+        // The status and the market's state say which rule let a wrong book through.
+        let differs = |key: &str| {
+            format!(
+                "{token}: {key} differs: ours {} truth {} (status {}, market active {active})",
+                ours[key], truth[key], ours["status"]
+            )
+        };
         match compare_book(&truth, status, &ours, active) {
             Ok(Compared::SkippedResolved) => continue,
             Ok(Compared::Equal { last_trade_equal }) => {

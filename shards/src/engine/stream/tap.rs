@@ -176,20 +176,22 @@ impl StreamTap {
         }
     }
 
-    /// The engine drops `token`'s book: its clients are told to drop theirs too.
+    /// The engine drops `token`'s book: its clients are told to drop theirs too. They stay
+    /// subscribed (the hub keeps them), so the token stays streamed here: if its market comes
+    /// back (a market closed on one listing and found again on the next), the new book's first
+    /// snapshot reaches them. A reset lost to a full channel marks a gap, and the gap repair
+    /// sends it again while there is no book.
     pub fn untracked(&mut self, token: &TokenId) {
-        let Some(tok) = self.toks.remove(token.as_str()) else { return };
+        let Some(tok) = self.toks.get_mut(token.as_str()) else { return };
+        tok.seq += 1;
+        let (seq, ws) = (tok.seq, tok.ws);
         self.gapped.remove(token.as_str());
-        let text = to_text(&Out::Reset {
-            token_id: token.as_str(),
-            seq: tok.seq + 1,
-            reason: "untracked",
-        });
-        if tok.ws {
-            self.ws_len -= 1;
-            // A lost reset cannot be repaired by a snapshot (there is no book); the hub's
-            // channel is large, and the loss is counted.
+        let text = to_text(&Out::Reset { token_id: token.as_str(), seq, reason: "untracked" });
+        if ws {
             self.send(StreamMsg { token: token.clone(), to: None, text: Arc::clone(&text) });
+        } else {
+            // Nobody on `/ws` holds it: forget it (NATS consumers drop the book on `Gone`).
+            self.toks.remove(token.as_str());
         }
         if let Some(n) = self.nats.as_mut() {
             n.due.remove(token.as_str());
@@ -437,4 +439,40 @@ fn snapshot_json(book: &Book, seq: u64, depth: Option<usize>) -> Arc<str> {
     // The token id goes through serde (escaped); the book is already JSON.
     let token = serde_json::to_string(book.token().as_str()).unwrap_or_default();
     Arc::from(format!("{{\"type\":\"snapshot\",\"token_id\":{token},\"seq\":{seq},\"book\":{b}}}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use polybook::book::TokenMeta;
+    use polybook::MarketId;
+
+    /// A market closed on one listing and found again on the next (the chaos e2e, issue 19):
+    /// its still-subscribed clients got `reset`, and must get the new book's snapshot.
+    #[test]
+    fn a_token_untracked_then_tracked_again_reaches_its_subscribers_again() {
+        let (tx, rx) = flume::unbounded();
+        let mut tap = StreamTap::new(tx);
+        let book = Book::new(TokenId::new("1"), MarketId::new("m"), TokenMeta::default());
+        tap.subscribe(&book, 7, None);
+        tap.untracked(book.token());
+        // The market is tracked again: a new book, whose first snapshot arrives.
+        let again = Book::new(TokenId::new("1"), MarketId::new("m"), TokenMeta::default());
+        tap.on_update(&BookUpdate::Snapshot, &again);
+        let got: Vec<(String, u64, Option<u64>)> = rx
+            .try_iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_str(&m.text).unwrap();
+                (v["type"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap(), m.to)
+            })
+            .collect();
+        let want = [("snapshot", 0, Some(7)), ("reset", 1, None), ("snapshot", 2, None)]
+            .map(|(k, s, to)| (k.to_owned(), s, to));
+        assert_eq!(got, want);
+        // Once nobody is subscribed, the token is no longer streamed.
+        tap.unsubscribe("1");
+        tap.on_update(&BookUpdate::Snapshot, &again);
+        assert!(rx.try_iter().next().is_none() && tap.is_empty());
+    }
 }
