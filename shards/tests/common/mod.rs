@@ -26,23 +26,8 @@ static TRUSTED: Mutex<Vec<CertificateDer<'static>>> = Mutex::new(Vec::new());
 pub const TEST_USER_AGENT: &str = "polybook-tests";
 
 pub fn agent() -> ureq::Agent {
-    let roots: Vec<Certificate<'static>> = TRUSTED
-        .lock()
-        .map(|t| t.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect())
-        .unwrap_or_default();
-    // Explicit: ureq's default roots (WebPki) panic with the features this crate builds it with.
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .root_certs(RootCerts::Specific(Arc::new(roots)))
-        .unversioned_rustls_crypto_provider(polybook_shards::net::ring_provider())
-        .build();
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .user_agent(TEST_USER_AGENT)
-        .tls_config(tls)
-        .build()
-        .into()
+    let trusted = TRUSTED.lock().map(|t| t.clone()).unwrap_or_default();
+    agent_trusting(&trusted)
 }
 
 pub fn get(url: &str) -> (u16, Value) {
@@ -137,6 +122,7 @@ pub async fn http_post_json<T: serde::Serialize + ?Sized>(
 pub fn agent_trusting(roots: &[CertificateDer<'static>]) -> ureq::Agent {
     let roots: Vec<Certificate<'static>> =
         roots.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
+    // Explicit: ureq's default roots (WebPki) panic with the features this crate builds it with.
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::Specific(Arc::new(roots)))
