@@ -104,6 +104,10 @@ pub fn thread_group(comm: &str) -> String {
         "wire_client"
     } else if comm.starts_with("replay-") {
         "generator"
+    } else if comm.starts_with("polybook-nats") {
+        "engine_nats_publisher"
+    } else if comm.starts_with("nats-consumer") {
+        "nats_consumer"
     } else {
         "harness_other"
     };

@@ -30,6 +30,7 @@ use polybook_bench::procfs::{cpus, machine};
 use serde_json::{json, Value};
 
 mod corpus;
+mod nats_probe;
 mod report;
 mod server;
 mod step;
@@ -55,12 +56,16 @@ pub(crate) fn pin_current(cpu: usize) {
 
 const USAGE: &str = "usage: polybook-replay-bench [--quick|--full] [--markets N] [--window SECS] \
 [--max-frames N] [--steps RATE,..,max,max2] [--idle SECS] [--wire-secs SECS] [--no-wire] \
-[--no-verify-hash] [--nats URL] [--seed N] [--out FILE]
+[--no-verify-hash] [--nats URL|spawn] [--nats-float] [--seed N] [--out FILE]
   --steps: a number is frames/s offered to 1 data shard for --window seconds; max: flat out,
   1 data shard, --max-frames frames; max2: the same with 2 data shards. The first step also
   measures the idle data shard for --idle seconds (0: not). Unless --no-wire: the wire baseline
   flat out for --wire-secs, and the floor (counting clients) at each paced step's rate.
-  --nats: every engine publishes every change to this NATS server ([publish.nats] url).";
+  --nats: every step runs twice, with NATS off and then on: the engine publishes every change
+  to this server ([publish.nats] url; spawn: a nats-server -js of the bench's own on a free
+  loopback port) and a consumer of every subject times each level delta from the generator's
+  write of its frame. The spawned server and the consumer share the generator's CPU (off the
+  data shard's, as on other machines), or with --nats-float go where the kernel puts them.";
 
 /// One step of the plan: frames/s offered (None: flat out) and data shards.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +98,8 @@ struct Plan {
     quiet_wait: Duration,
     verify_hash: bool,
     nats: Option<String>,
+    /// The spawned nats-server and the consumer float instead of sharing the generator's CPU.
+    nats_float: bool,
     out: String,
 }
 
@@ -109,6 +116,7 @@ fn parse_args() -> Result<Plan> {
         quiet_wait: Duration::from_secs(3),
         verify_hash: true,
         nats: None,
+        nats_float: false,
         out: format!("{}/../target/bench-replay.json", env!("CARGO_MANIFEST_DIR")),
     };
     let mut args = std::env::args().skip(1);
@@ -131,6 +139,7 @@ fn parse_args() -> Result<Plan> {
             "--no-wire" => p.wire_secs = None,
             "--no-verify-hash" => p.verify_hash = false,
             "--nats" => p.nats = Some(val()?),
+            "--nats-float" => p.nats_float = true,
             "--out" => p.out = val()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -196,6 +205,13 @@ fn main() -> Result<()> {
         }
     }
 
+    let nats_server = match plan.nats.as_deref() {
+        Some("spawn") => {
+            Some(nats_probe::NatsServer::spawn(if plan.nats_float { None } else { gen })?)
+        }
+        _ => None,
+    };
+    let nats_url = nats_server.as_ref().map(|s| s.url.clone()).or_else(|| plan.nats.clone());
     let h = Http::new();
     let mut steps: Vec<(Placing, Step)> = Vec::new();
     for (i, sp) in plan.steps.iter().enumerate() {
@@ -205,19 +221,42 @@ fn main() -> Result<()> {
         let idle = (i == 0 && plan.idle > 0.0).then(|| Duration::from_secs_f64(plan.idle));
         let (shards, rate, frames) = (sp.shards, sp.rate, frames_of(sp));
         let (quiet_wait, verify_hash) = (plan.quiet_wait, plan.verify_hash);
-        steps.push((
-            p,
-            Step { shards, rate, frames, idle, quiet_wait, verify_hash, nats: plan.nats.clone() },
-        ));
+        // With NATS: the same step off, then on, so the difference is the publishing.
+        let nats: Vec<Option<String>> = match &nats_url {
+            Some(url) => vec![None, Some(url.clone())],
+            None => vec![None],
+        };
+        for (j, nats) in nats.into_iter().enumerate() {
+            let idle = if j == 0 { idle } else { None };
+            steps.push((
+                p.clone(),
+                Step {
+                    shards,
+                    rate,
+                    frames,
+                    idle,
+                    quiet_wait,
+                    verify_hash,
+                    nats,
+                    nats_cpu: if plan.nats_float { None } else { gen },
+                },
+            ));
+        }
     }
     println!("{}", report::STEP_HEADER);
     let mut results = Vec::new();
     let mut failed = false;
     for (p, s) in &steps {
-        let v = engine_step(&h, &corpus, p, s)?;
+        let v = engine_step(&h, &corpus, p, s, nats_server.as_ref())?;
         failed |= u(&v["verify"]["mismatches"]) > 0;
         println!("{}", report::step_line(&v));
         results.push(v);
+    }
+    if nats_url.is_some() {
+        println!("{}", report::NATS_HEADER);
+        for v in &results {
+            println!("{}", report::nats_line(v));
+        }
     }
     let summary = report::summary(&wire, &floors, &results);
     println!("{}", report::summary_lines(&summary));

@@ -108,6 +108,44 @@ pub(crate) fn step_line(v: &Value) -> String {
     line
 }
 
+pub(crate) const NATS_HEADER: &str = "| data shards | offered frames/s | NATS | applied frames/s | data shard CPU µs/frame | publisher thread µs/frame | nats-server µs/frame | consumer µs/frame | published / received messages | dropped at shards / disconnected | level deltas timed | engine → NATS → consumer p50 / p90 / p99 / p99.9 / max µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// One step's NATS row: off (the baseline) or on, with the consumer's latency.
+pub(crate) fn nats_line(v: &Value) -> String {
+    let rate = v["rate_target"].as_f64().map_or("max".to_owned(), k);
+    let head = format!(
+        "| {} | {} | {} | {} | {:.2} |",
+        v["data_shards"],
+        rate,
+        if v["nats"].is_null() { "off" } else { "on" },
+        k(f(&v["frames_per_s"])),
+        f(&v["data_shard_cpu_ns_per_frame"]) / 1e3,
+    );
+    let n = &v["nats"];
+    if n.is_null() {
+        return format!("{head} - | - | - | - | - | - | - |");
+    }
+    let l = &n["latency_ns"];
+    let us = |x: &Value| f(x) / 1e3;
+    format!(
+        "{head} {:.2} | {} | {:.2} | {} / {} | {} / {} | {} of {} | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} |",
+        us(&n["publisher_cpu_ns_per_frame"]),
+        n["server_cpu_ns_per_frame"].as_f64().map_or("-".to_owned(), |x| format!("{:.2}", x / 1e3)),
+        us(&n["consumer_cpu_ns_per_frame"]),
+        n["published_in_run"],
+        n["received"]["total"],
+        n["engine"]["dropped_at_shards"],
+        n["engine"]["dropped_disconnected"],
+        l["measured"],
+        l["level_deltas_received"],
+        us(&l["p50"]),
+        us(&l["p90"]),
+        us(&l["p99"]),
+        us(&l["p999"]),
+        us(&l["max"]),
+    )
+}
+
 /// Engine at its top vs the wire, and 2 data shards vs 1.
 pub(crate) fn summary(wire: &Value, floors: &[Value], steps: &[Value]) -> Value {
     // Engine CPU per frame over the floor's at the same paced rate (1 data shard).

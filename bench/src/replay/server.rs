@@ -329,6 +329,9 @@ impl Writer {
             while k + 1 < n && s.ends[k + 1].1 <= allowed && s.ends[k + 1].0 - at <= CHUNK {
                 k += 1;
             }
+            if let Some(log) = &s.log {
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((s.ends[k].1, Instant::now()));
+            }
             self.out.write_all(&s.buf[at..s.ends[k].0])?;
             self.state.stream_frames.fetch_add((k + 1 - i) as u64, Ordering::Relaxed);
             (i, at) = (k + 1, s.ends[k].0);

@@ -20,7 +20,9 @@ use polybook_testkit::{books_settled, compare_book, Compared};
 use serde_json::{json, Value};
 
 use crate::corpus::{real_shape, Checkpoint, Corpus};
+use crate::nats_probe::{latencies, received_json, Consumer, NatsServer};
 use crate::server::{build_streams, Server};
+use crate::streams::SendLog;
 
 /// Where things run: the generator, the simulator and the control shard share `gen`; the
 /// data shards take `data` (on 2 CPUs a second data shard shares the generator's CPU).
@@ -44,9 +46,15 @@ pub(crate) struct Step {
     pub(crate) quiet_wait: Duration,
     /// `integrity.verify_hash` (the default policy: on).
     pub(crate) verify_hash: bool,
-    /// `[publish.nats] url`: publish every change (the data shard's cost of it is the point).
+    /// `[publish.nats] url`: publish every change (the data shard's cost of it is the point),
+    /// with a consumer of every subject timing each `level` delta.
     pub(crate) nats: Option<String>,
+    /// Where the consumer runs (None: unpinned).
+    pub(crate) nats_cpu: Option<usize>,
 }
+
+/// The engine's `[publish.nats] subject_prefix` (the default).
+const NATS_PREFIX: &str = "polybook";
 
 fn data_cpu(d: &std::collections::BTreeMap<String, u64>) -> u64 {
     d.iter().filter(|(k, _)| k.starts_with("engine_data")).map(|(_, v)| *v).sum()
@@ -57,6 +65,7 @@ pub(crate) fn engine_step(
     corpus: &Arc<Corpus>,
     p: &Placing,
     step: &Step,
+    nats_server: Option<&NatsServer>,
 ) -> Result<Value> {
     let sim = spawn_sim_server(SimServerConfig {
         listen: "127.0.0.1:0".into(),
@@ -90,7 +99,7 @@ pub(crate) fn engine_step(
     }
     let engine = engine?;
     let api = format!("http://{}", engine.api_addr());
-    let r = run(h, corpus, &server, &api, step);
+    let r = run(h, corpus, &server, &api, step, nats_server);
     let t = Instant::now();
     engine.stop();
     let stop_secs = t.elapsed().as_secs_f64();
@@ -104,7 +113,14 @@ pub(crate) fn engine_step(
     })
 }
 
-fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) -> Result<Value> {
+fn run(
+    h: &Http,
+    corpus: &Arc<Corpus>,
+    server: &Server,
+    api: &str,
+    step: &Step,
+    nats_server: Option<&NatsServer>,
+) -> Result<Value> {
     let want = 2 * corpus.markets as u64;
     let t_start = Instant::now();
     wait_for("all books live", Duration::from_secs(120), || {
@@ -132,9 +148,23 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
     let f0 = u(&s0["totals"]["frames"]);
     let conns = server.conns();
     let cp: &Checkpoint = corpus.checkpoint(step.frames);
-    let (streams, offered) = build_streams(corpus, &conns, cp.frames, step.rate, None);
+    let (mut streams, offered, routes) = build_streams(corpus, &conns, cp.frames, step.rate, None);
     let expected: u64 = streams.iter().map(|(_, s)| s.ends.len() as u64).sum();
     let price_changes = corpus.price_changes(cp.frames) as u64;
+    // With NATS on: a consumer of every subject, and each batch's write time noted.
+    let consumer = match &step.nats {
+        Some(url) => Some(Consumer::start(url, NATS_PREFIX, Arc::clone(corpus), step.nats_cpu)?),
+        None => None,
+    };
+    let published = |s: &Value| u(&s["nats"]["published"]);
+    let published0 = published(&h.get_ok(&format!("{api}/stats"))?);
+    let logs: Vec<SendLog> = streams.iter().map(|_| SendLog::default()).collect();
+    if consumer.is_some() {
+        for ((_, s), log) in streams.iter_mut().zip(&logs) {
+            s.log = Some(Arc::clone(log));
+        }
+    }
+    let server_cpu0 = nats_server.map(NatsServer::cpu_ns);
     let (cpu0, busy0) = (cpu_snapshot_precise(), busy_per_cpu());
     let start = server.stream(streams);
     let limit =
@@ -166,6 +196,14 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
     };
     let done = start.elapsed().as_secs_f64();
     let cpu = cpu_delta(&cpu0, &cpu_snapshot_precise());
+    // The publisher, the server and the consumer go on after the shard has applied the last
+    // frame: their CPU is read once the consumer has every message published (or 30 s passed).
+    let nats = match consumer {
+        Some(c) => Some(finish_consumer(h, api, c, published0, published)?),
+        None => None,
+    };
+    let cpu_nats = cpu_delta(&cpu0, &cpu_snapshot_precise());
+    let server_cpu = server_cpu0.zip(nats_server).map(|(a, s)| s.cpu_ns().saturating_sub(a));
     let busy: Vec<f64> = busy_per_cpu()
         .iter()
         .zip(&busy0)
@@ -201,6 +239,18 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
     let s2 = h.get_ok(&format!("{api}/stats"))?;
     let t2 = &s2["totals"];
     let data = data_cpu(&cpu);
+    let per_frame = |ns: u64| ns as f64 / expected.max(1) as f64;
+    let nats = nats.map(|(got, s_nats)| {
+        json!({
+            "publisher_cpu_ns_per_frame": per_frame(cpu_nats.get("engine_nats_publisher").copied().unwrap_or(0)),
+            "consumer_cpu_ns_per_frame": per_frame(got.cpu_ns),
+            "server_cpu_ns_per_frame": server_cpu.map(per_frame),
+            "published_in_run": published(&s_nats).saturating_sub(published0),
+            "engine": s_nats["nats"].clone(),
+            "received": received_json(&got),
+            "latency_ns": latencies(corpus, cp.frames, &routes, &logs, &got),
+        })
+    });
     let shard = |k: &str| {
         s1["shards"].as_array().into_iter().flatten().map(|s| u(&s[k])).max().unwrap_or(0)
     };
@@ -245,7 +295,29 @@ fn run(h: &Http, corpus: &Arc<Corpus>, server: &Server, api: &str, step: &Step) 
         "redrives": u(&t2["redrives"]),
         "pings_answered": conns.iter().map(|c| c.pings.load(Ordering::Relaxed)).sum::<u64>(),
         "verify": verify,
+        "nats": nats,
     }))
+}
+
+/// Waits until the consumer has every message the engine published since it subscribed and
+/// both counts have stood still for 1.5 s (a changed book's last periodic snapshot is up to
+/// `snapshot_interval_ms` = 1 s after its change), at most 30 s; then the engine's `/stats`.
+fn finish_consumer(
+    h: &Http,
+    api: &str,
+    c: Consumer,
+    published0: u64,
+    published: impl Fn(&Value) -> u64,
+) -> Result<(crate::nats_probe::Received, Value)> {
+    let (mut last, mut since) = ((u64::MAX, u64::MAX), Instant::now());
+    let got = c.finish(Duration::from_secs(30), |received| {
+        let p = h.get_ok(&format!("{api}/stats")).map(|s| published(&s)).unwrap_or(u64::MAX);
+        if (p, received) != last {
+            (last, since) = ((p, received), Instant::now());
+        }
+        received >= p.saturating_sub(published0) && since.elapsed() >= Duration::from_millis(1500)
+    })?;
+    Ok((got, h.get_ok(&format!("{api}/stats"))?))
 }
 
 /// Each data shard's frames in the run and its CPU per frame.

@@ -3,7 +3,7 @@
 //! global order that paces every writer.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::corpus::Corpus;
@@ -19,7 +19,16 @@ pub(crate) struct Stream {
     pub(crate) rate: Option<f64>,
     /// Some: repeat the stream until this much time has passed (the wire baseline).
     pub(crate) loop_for: Option<Duration>,
+    /// Some: the writer notes each batch's last global number and when its `write` began.
+    pub(crate) log: Option<SendLog>,
 }
+
+/// (last global frame number of a batch, when its `write` began), in write order.
+pub(crate) type SendLog = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// Per corpus frame: its global number and the first connection (index into `conns`) that
+/// carries it; None for a frame no connection gets.
+pub(crate) type Routes = Vec<Option<(u64, usize)>>;
 
 /// Which connections get frame `f`: those subscribed to its market (to its token, for a
 /// one-token frame), with custom features for a custom frame.
@@ -29,7 +38,7 @@ pub(crate) fn build_streams(
     frames: usize,
     rate: Option<f64>,
     loop_for: Option<Duration>,
-) -> (Vec<(usize, Stream)>, u64) {
+) -> (Vec<(usize, Stream)>, u64, Routes) {
     let mut by_token: Vec<Vec<usize>> = vec![Vec::new(); corpus.markets * 2];
     let mut custom = Vec::with_capacity(conns.len());
     for (k, c) in conns.iter().enumerate() {
@@ -41,9 +50,10 @@ pub(crate) fn build_streams(
     let start = Instant::now();
     let mut streams: Vec<Stream> = conns
         .iter()
-        .map(|_| Stream { buf: Vec::new(), ends: Vec::new(), start, rate, loop_for })
+        .map(|_| Stream { buf: Vec::new(), ends: Vec::new(), start, rate, loop_for, log: None })
         .collect();
     let mut due = 0u64;
+    let mut routes = Vec::with_capacity(frames);
     let mut to: Vec<usize> = Vec::with_capacity(4);
     for i in 0..frames {
         let f = corpus.frames[i];
@@ -59,9 +69,11 @@ pub(crate) fn build_streams(
             }
         }
         to.retain(|&k| !f.custom || custom[k]);
-        if to.is_empty() {
+        let Some(&first) = to.first() else {
+            routes.push(None);
             continue;
-        }
+        };
+        routes.push(Some((due, first)));
         let bytes = corpus.frame_bytes(i);
         for &k in &to {
             let s = &mut streams[k];
@@ -70,5 +82,5 @@ pub(crate) fn build_streams(
         }
         due += 1;
     }
-    (conns.iter().map(|c| c.id).zip(streams).collect(), due)
+    (conns.iter().map(|c| c.id).zip(streams).collect(), due, routes)
 }

@@ -136,7 +136,7 @@ pub(crate) fn wire_baseline(
             None => (corpus.frames.len(), Some(window)),
             Some(r) => (((r * secs) as usize).min(corpus.frames.len()), None),
         };
-        let (streams, _) = build_streams(corpus, &conns, frames, rate, loop_for);
+        let (streams, _, _) = build_streams(corpus, &conns, frames, rate, loop_for);
         let start = server.stream(streams);
         // Measure the middle: skip the first 0.3 s and stop 0.2 s before the end.
         std::thread::sleep(Duration::from_millis(300));

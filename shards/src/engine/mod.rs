@@ -243,7 +243,7 @@ fn start_with(
     let (stream_tx, stream_rx) = flume::bounded(1 << 16);
     // Stats snapshots every `data::STATS_EVERY`; the API answers from control's copy.
     let (stats_tx, stats_rx) = flume::bounded(64);
-    let (publisher, nats_status, nats_tx) = start_publisher(cfg, layout.data.len(), &supervisor)?;
+    let (publisher, nats_status, nats_tx) = start_publisher(cfg, &layout, &supervisor)?;
     let mut shard_txs = Vec::new();
     let mut executors = Vec::new();
     for (i, &cpu) in layout.data.iter().enumerate() {
@@ -395,9 +395,10 @@ type PublisherParts = (
 /// the server: an absent server is a state (`/stats`), not a start-up failure.
 fn start_publisher(
     cfg: &ValidConfig,
-    data_shards: usize,
+    layout: &Layout,
     sup: &supervise::Supervisor,
 ) -> Result<PublisherParts, EngineError> {
+    let data_shards = layout.data.len();
     let n = &cfg.publish.nats;
     let Some(url) = &n.url else { return Ok((None, None, None)) };
     let auth = match (&n.creds_file, &n.user, &n.token) {
@@ -409,7 +410,12 @@ fn start_publisher(
         (_, _, Some(t)) => nats::NatsAuth::Token(t.expose().to_owned()),
         _ => nats::NatsAuth::None,
     };
-    let settings = nats::NatsSettings { url: url.clone(), prefix: n.subject_prefix.clone(), auth };
+    let settings = nats::NatsSettings {
+        url: url.clone(),
+        prefix: n.subject_prefix.clone(),
+        auth,
+        cpu: Some(layout.control),
+    };
     // One channel for all shards, `channel_capacity` each.
     let (tx, rx) = flume::bounded(n.channel_capacity.saturating_mul(data_shards.max(1)));
     let status = std::sync::Arc::new(nats::NatsStatus::default());

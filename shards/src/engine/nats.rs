@@ -43,6 +43,20 @@ pub enum PubMsg {
     /// The engine dropped the book: the reset goes to the delta and snapshot subjects and the
     /// kept snapshot is forgotten.
     Gone { token: TokenId, text: Arc<str> },
+    /// Everything one shard step produced (a frame's changes, their top-of-book and trades),
+    /// in order: one hand-over, one wake-up of this thread and one write to the server per
+    /// frame instead of one per message (never nested).
+    Batch(Vec<PubMsg>),
+}
+
+impl PubMsg {
+    /// The messages it carries.
+    pub fn count(&self) -> u64 {
+        match self {
+            PubMsg::Batch(v) => v.len() as u64,
+            _ => 1,
+        }
+    }
 }
 
 /// How to reach the server.
@@ -51,6 +65,10 @@ pub struct NatsSettings {
     pub url: String,
     pub prefix: String,
     pub auth: NatsAuth,
+    /// The CPU the publisher thread runs on (the control shard's): off the data shards' CPUs,
+    /// whose apply latency it otherwise shares (measured: a floating publisher and server
+    /// took the data shard's apply p99 at 1 k frames/s from 94 µs to 1.15 ms).
+    pub cpu: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -136,9 +154,24 @@ pub fn start(
     let (stop, stop_rx) = flume::bounded(1);
     let thread = std::thread::Builder::new().name("polybook-nats".into()).spawn(move || {
         supervise::enter(sup);
+        if let Some(cpu) = settings.cpu {
+            pin_current(cpu);
+        }
         rt.block_on(run(settings, rx, status, stop_rx));
     })?;
     Ok(Publisher { stop, thread })
+}
+
+/// Pins this thread to `cpu`; a failure (a CPU outside this process's set) leaves it
+/// unpinned and says so.
+fn pin_current(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        tracing::warn!(cpu, error = %e, "nats publisher thread not pinned");
+    }
 }
 
 /// Snapshots republished per turn of the loop, so new messages keep flowing meanwhile.
@@ -174,7 +207,7 @@ async fn run(
                         _ = stop.recv_async() => return,
                         m = rx.recv_async() => match m {
                             Ok(m) => {
-                                status.dropped_disconnected.fetch_add(1, Ordering::Relaxed);
+                                status.dropped_disconnected.fetch_add(m.count(), Ordering::Relaxed);
                                 drop(m);
                             }
                             Err(_) => return,
@@ -356,6 +389,23 @@ impl Pub {
 
     async fn on_msg(&mut self, m: PubMsg) {
         match m {
+            PubMsg::Batch(v) => {
+                for m in v {
+                    self.on_one(m).await;
+                }
+            }
+            m => self.on_one(m).await,
+        }
+    }
+
+    async fn on_one(&mut self, m: PubMsg) {
+        match m {
+            // Shards never nest batches; one would be taken apart all the same.
+            PubMsg::Batch(v) => {
+                for m in v {
+                    Box::pin(self.on_one(m)).await;
+                }
+            }
             PubMsg::Delta { token, text, snapshot } => {
                 if snapshot {
                     self.keep(&token, &text);

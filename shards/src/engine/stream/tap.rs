@@ -6,6 +6,8 @@
 //! consumer of either sees the same sequence; a message one output lost makes the token's next
 //! message a snapshot for both. With NATS off, a token no client streams costs one branch.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
@@ -33,8 +35,13 @@ struct NatsOut {
     interval_ms: u64,
     /// Tokens changed since their last snapshot, with when the next one is due.
     due: HashMap<TokenId, u64>,
+    /// The same, soonest first, so a frequent wake visits only what is due. An entry whose
+    /// time no longer matches `due` (its snapshot went out another way) is skipped.
+    queue: BinaryHeap<Reverse<(u64, TokenId)>>,
     /// Tokens one of whose messages was lost: their next message is a snapshot.
     gapped: HashSet<TokenId>,
+    /// Messages of the shard step under way, handed over as one batch by `flush_nats`.
+    pending: Vec<PubMsg>,
     sent: u64,
     dropped: u64,
     snapshots: u64,
@@ -111,6 +118,20 @@ fn to_text(out: &impl serde::Serialize) -> Arc<str> {
     Arc::from(serde_json::to_string(out).unwrap_or_default())
 }
 
+/// The first time at or after `earliest` in the token's own slot of the interval (a fixed
+/// phase from its routing hash). Books that start changing together (a stream's start, a
+/// reconnect, a busy minute) would otherwise fall due together, every interval, as one burst
+/// of snapshots that holds up the deltas behind it in the publisher and the server; with a
+/// slot each, a book changing all the time still gets one every interval.
+fn snapshot_slot(earliest: u64, interval_ms: u64, token: &str) -> u64 {
+    if interval_ms == 0 {
+        return earliest;
+    }
+    let phase = polybook::routing::routing_hash(token) % interval_ms;
+    let wait = (phase + interval_ms - earliest % interval_ms) % interval_ms;
+    earliest.saturating_add(wait)
+}
+
 impl StreamTap {
     pub fn new(tx: flume::Sender<StreamMsg>) -> StreamTap {
         StreamTap {
@@ -131,7 +152,9 @@ impl StreamTap {
             tx,
             interval_ms,
             due: HashMap::new(),
+            queue: BinaryHeap::new(),
             gapped: HashSet::new(),
+            pending: Vec::new(),
             sent: 0,
             dropped: 0,
             snapshots: 0,
@@ -197,7 +220,22 @@ impl StreamTap {
             n.due.remove(token.as_str());
             n.gapped.remove(token.as_str());
             n.offer(PubMsg::Gone { token: token.clone(), text });
+            n.flush();
         }
+    }
+
+    /// Hands what the steps queued for NATS to the publisher as one batch (the shard calls it
+    /// once the feed has nothing else ready); the tap's own timer-driven methods
+    /// (`nats_snapshots`, `repair`, `untracked`) flush themselves.
+    pub fn flush_nats(&mut self) {
+        if let Some(n) = self.nats.as_mut() {
+            n.flush();
+        }
+    }
+
+    /// NATS messages queued and not yet handed over.
+    pub fn nats_pending(&self) -> usize {
+        self.nats.as_ref().map_or(0, |n| n.pending.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -231,6 +269,7 @@ impl StreamTap {
         tok.seq += 1;
         let text = snapshot_json(book, tok.seq, None);
         self.emit(book, text, true, None, wall_ms());
+        self.flush_nats();
     }
 
     /// NATS snapshots of the books that changed and are due at `now_ms`, at most `max`;
@@ -242,15 +281,16 @@ impl StreamTap {
         books: impl Fn(&str) -> Option<&'b Book>,
     ) -> usize {
         let Some(n) = self.nats.as_mut() else { return 0 };
-        let due: Vec<TokenId> = n
-            .due
-            .iter()
-            .filter(|(_, &at)| at <= now_ms)
-            .map(|(t, _)| t.clone())
-            .take(max)
-            .collect();
         let mut rendered = 0;
-        for t in due {
+        while rendered < max {
+            let Some(Reverse((at, _))) = n.queue.peek() else { break };
+            if *at > now_ms {
+                break;
+            }
+            let Some(Reverse((at, t))) = n.queue.pop() else { break };
+            if n.due.get(t.as_str()) != Some(&at) {
+                continue;
+            }
             let (Some(book), Some(tok)) = (books(t.as_str()), self.toks.get_mut(t.as_str())) else {
                 n.due.remove(t.as_str());
                 continue;
@@ -262,8 +302,13 @@ impl StreamTap {
                 n.due.remove(t.as_str());
                 n.snapshots += 1;
                 tok.snap_ms = now_ms;
+            } else {
+                // The publisher's channel is full: try again at the next wake.
+                n.queue.push(Reverse((at, t)));
+                break;
             }
         }
+        n.flush();
         rendered
     }
 
@@ -339,8 +384,13 @@ impl StreamTap {
                 n.gapped.insert(token.clone());
             }
             if !snapshot && !n.due.contains_key(token.as_str()) {
-                let at = tok.snap_ms.saturating_add(n.interval_ms).max(now_ms);
+                let at = snapshot_slot(
+                    tok.snap_ms.saturating_add(n.interval_ms).max(now_ms),
+                    n.interval_ms,
+                    token.as_str(),
+                );
                 n.due.insert(token.clone(), at);
+                n.queue.push(Reverse((at, token.clone())));
             }
             let bbo = top_of_book(book);
             if tok.bbo != Some(bbo) {
@@ -376,15 +426,47 @@ impl StreamTap {
 
 impl NatsOut {
     /// Hands a message to the publisher without waiting: a full channel drops it (counted).
+    /// Queues a message for this step's batch; `false` (dropped, counted) when the publisher's
+    /// channel is full now, so the caller marks the gap as it happens.
     fn offer(&mut self, msg: PubMsg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.sent += 1;
-                true
-            }
-            Err(_) => {
-                self.dropped += 1;
-                false
+        if self.tx.is_full() {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending.push(msg);
+        self.sent += 1;
+        true
+    }
+
+    /// Hands the step's messages over: one alone, several as a batch. If the channel filled
+    /// up meanwhile (other shards share it), they are dropped, counted, and their tokens'
+    /// next messages are snapshots.
+    fn flush(&mut self) {
+        let msg = match self.pending.len() {
+            0 => return,
+            1 => match self.pending.pop() {
+                Some(m) => m,
+                None => return,
+            },
+            _ => PubMsg::Batch(std::mem::take(&mut self.pending)),
+        };
+        let Err(e) = self.tx.try_send(msg) else { return };
+        let lost = match e.into_inner() {
+            PubMsg::Batch(v) => v,
+            m => vec![m],
+        };
+        for m in lost {
+            self.sent -= 1;
+            self.dropped += 1;
+            match m {
+                PubMsg::Delta { token, .. }
+                | PubMsg::Snapshot { token, .. }
+                | PubMsg::Bbo { token, .. } => {
+                    self.gapped.insert(token);
+                }
+                // A lost reset: the token is gone from the tap; consumers learn of it from
+                // the snapshot subject's next value, if the market comes back.
+                PubMsg::Gone { .. } | PubMsg::Trade { .. } | PubMsg::Batch(_) => {}
             }
         }
     }
@@ -447,6 +529,107 @@ mod tests {
     use super::*;
     use polybook::book::TokenMeta;
     use polybook::MarketId;
+
+    /// Each token's periodic snapshot falls in its own slot of the interval: never before
+    /// the earliest allowed time, at most one interval after it, and books that all start
+    /// changing at one moment spread over the interval instead of falling due together.
+    #[test]
+    fn periodic_snapshots_fall_in_each_tokens_slot_spread_over_the_interval() {
+        let interval = 1000;
+        let mut per_10ms = [0u32; 100];
+        for i in 0..2000u32 {
+            let token = format!("{}", 10_000_000_000u64 + u64::from(i) * 7919);
+            for earliest in [0u64, 1, 999, 1000, 1_764_000_000_123] {
+                let at = snapshot_slot(earliest, interval, &token);
+                assert!(at >= earliest && at < earliest + interval, "{token} {earliest} {at}");
+                // The same slot whatever the earliest time.
+                assert_eq!(at % interval, snapshot_slot(5, interval, &token) % interval);
+            }
+            per_10ms
+                [(snapshot_slot(1_764_000_000_000, interval, &token) % interval / 10) as usize] +=
+                1;
+        }
+        // 2,000 books over 100 slots of 10 ms: 20 each on average, none near all of them.
+        let most = per_10ms.iter().copied().max().unwrap_or(0);
+        assert!(most <= 60, "one 10 ms slot holds {most} of 2000 snapshots");
+        assert_eq!(snapshot_slot(42, 0, "1"), 42);
+    }
+
+    fn level(price: &str, size: &str) -> BookUpdate {
+        BookUpdate::Level {
+            side: polybook::Side::Buy,
+            price: Price::parse(price).unwrap(),
+            size: Size::parse(size).unwrap(),
+            old: Size::ZERO,
+        }
+    }
+
+    /// What a NATS message says: (kind, snapshot?) for deltas, the other kinds by name.
+    fn kinds(m: &PubMsg) -> Vec<(&'static str, bool)> {
+        match m {
+            PubMsg::Batch(v) => v.iter().flat_map(kinds).collect(),
+            PubMsg::Delta { snapshot, .. } => vec![("delta", *snapshot)],
+            PubMsg::Snapshot { .. } => vec![("snapshot", true)],
+            PubMsg::Bbo { .. } => vec![("bbo", false)],
+            PubMsg::Trade { .. } => vec![("trade", false)],
+            PubMsg::Gone { .. } => vec![("gone", false)],
+        }
+    }
+
+    /// A step's NATS messages wait for `flush_nats` and leave as one batch; a batch the
+    /// shared channel had no room for by then is counted as dropped and its token's next
+    /// message is a snapshot, so a consumer sees the gap and its repair.
+    #[test]
+    fn a_steps_nats_messages_leave_as_one_batch_and_a_lost_batch_gaps_its_token() {
+        let (ws_tx, _ws_rx) = flume::unbounded();
+        let (tx, rx) = flume::bounded(1);
+        let other_shard = tx.clone();
+        let mut tap = StreamTap::new(ws_tx).with_nats(tx, 1000);
+        let mut book = Book::new(TokenId::new("1"), MarketId::new("m"), TokenMeta::default());
+        book.set_level(
+            polybook::Side::Buy,
+            Price::parse("0.5").unwrap(),
+            Size::parse("10").unwrap(),
+        );
+        tap.on_update(&level("0.5", "10"), &book);
+        book.set_level(
+            polybook::Side::Buy,
+            Price::parse("0.4").unwrap(),
+            Size::parse("3").unwrap(),
+        );
+        tap.on_update(&level("0.4", "3"), &book);
+        assert!(rx.is_empty(), "nothing leaves before the step ends");
+        assert_eq!(tap.nats_pending(), 3, "two deltas and one top of book");
+        tap.flush_nats();
+        let got: Vec<PubMsg> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1, "one hand-over");
+        assert_eq!(kinds(&got[0]), [("delta", false), ("bbo", false), ("delta", false)]);
+
+        // Room at the change, none at the flush: another shard filled the channel meanwhile.
+        book.set_level(polybook::Side::Buy, Price::parse("0.4").unwrap(), Size::ZERO);
+        tap.on_update(&level("0.4", "0"), &book);
+        assert_eq!(tap.nats_pending(), 1);
+        let filler = PubMsg::Trade { market: MarketId::new("x"), text: Arc::from("{}") };
+        other_shard.try_send(filler).unwrap();
+        tap.flush_nats();
+        let c = tap.nats_counters().unwrap();
+        assert_eq!((c.sent, c.dropped), (3, 1));
+        assert_eq!(tap.gaps(), [TokenId::new("1")]);
+        assert_eq!(rx.try_iter().count(), 1, "only the other shard's message got in");
+
+        // The token's next message repairs the gap: a snapshot, on the delta subject too.
+        book.set_level(
+            polybook::Side::Buy,
+            Price::parse("0.3").unwrap(),
+            Size::parse("1").unwrap(),
+        );
+        tap.on_update(&level("0.3", "1"), &book);
+        tap.flush_nats();
+        let got: Vec<PubMsg> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(kinds(&got[0])[0], ("delta", true));
+        assert!(tap.gaps().is_empty());
+    }
 
     /// A market closed on one listing and found again on the next (the chaos e2e, issue 19):
     /// its still-subscribed clients got `reset`, and must get the new book's snapshot.
