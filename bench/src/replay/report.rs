@@ -108,7 +108,7 @@ pub(crate) fn step_line(v: &Value) -> String {
     line
 }
 
-pub(crate) const NATS_HEADER: &str = "| data shards | offered frames/s | NATS | applied frames/s | data shard CPU µs/frame | publisher thread µs/frame | nats-server µs/frame | consumer µs/frame | published / received messages | dropped at shards / disconnected | level deltas timed | engine → NATS → consumer p50 / p90 / p99 / p99.9 / max µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub(crate) const NATS_HEADER: &str = "| data shards | offered frames/s | NATS | applied frames/s | data shard CPU µs/frame | publisher thread µs/frame | nats-server µs/frame | consumer µs/frame | published / received messages | dropped at shards / disconnected | publisher backlog max | level deltas timed | engine → NATS → consumer p50 / p90 / p99 / p99.9 / max µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One step's NATS row: off (the baseline) or on, with the consumer's latency.
 pub(crate) fn nats_line(v: &Value) -> String {
@@ -123,12 +123,12 @@ pub(crate) fn nats_line(v: &Value) -> String {
     );
     let n = &v["nats"];
     if n.is_null() {
-        return format!("{head} - | - | - | - | - | - | - |");
+        return format!("{head} - | - | - | - | - | - | - | - |");
     }
     let l = &n["latency_ns"];
     let us = |x: &Value| f(x) / 1e3;
     format!(
-        "{head} {:.2} | {} | {:.2} | {} / {} | {} / {} | {} of {} | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} |",
+        "{head} {:.2} | {} | {:.2} | {} / {} | {} / {} | {} | {} of {} | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} |",
         us(&n["publisher_cpu_ns_per_frame"]),
         n["server_cpu_ns_per_frame"].as_f64().map_or("-".to_owned(), |x| format!("{:.2}", x / 1e3)),
         us(&n["consumer_cpu_ns_per_frame"]),
@@ -136,6 +136,7 @@ pub(crate) fn nats_line(v: &Value) -> String {
         n["received"]["total"],
         n["engine"]["dropped_at_shards"],
         n["engine"]["dropped_disconnected"],
+        n["publisher_backlog_max"],
         l["measured"],
         l["level_deltas_received"],
         us(&l["p50"]),

@@ -171,6 +171,7 @@ fn run(
         Duration::from_secs_f64(offered as f64 / step.rate.unwrap_or(20_000.0) * 3.0 + 60.0);
     // Poll every 10 ms: a changed count is a snapshot taken (every 250 ms) since the last poll.
     let (mut changes, mut polls, mut blind, mut last) = (Vec::new(), 0u64, 0u64, f0);
+    let mut backlog_max = 0u64;
     let s1 = loop {
         if start.elapsed() > limit {
             let got = last - f0;
@@ -178,6 +179,7 @@ fn run(
         }
         let s = h.get_ok(&format!("{api}/stats"))?;
         polls += 1;
+        backlog_max = backlog_max.max(u(&s["nats"]["backlog"]));
         // A shard whose snapshot is over 2 s old is null, and missing from the totals.
         if s["shards"].as_array().is_some_and(|a| a.iter().any(Value::is_null)) {
             blind += 1;
@@ -246,6 +248,7 @@ fn run(
             "consumer_cpu_ns_per_frame": per_frame(got.cpu_ns),
             "server_cpu_ns_per_frame": server_cpu.map(per_frame),
             "published_in_run": published(&s_nats).saturating_sub(published0),
+            "publisher_backlog_max": backlog_max,
             "engine": s_nats["nats"].clone(),
             "received": received_json(&got),
             "latency_ns": latencies(corpus, cp.frames, &routes, &logs, &got),

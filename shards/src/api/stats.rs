@@ -120,6 +120,7 @@ fn nats_json(control: &Control, shards: &[Option<ShardStats>]) -> Value {
         "snapshots_rendered": snapshots,
         "snapshots_kept": n.snapshots_kept.load(Relaxed),
         "republished": n.republished.load(Relaxed),
+        "backlog": n.backlog.load(Relaxed),
         "connects": n.connects.load(Relaxed),
         "reconnects": n.reconnects(),
         "disconnects": n.disconnects.load(Relaxed),

@@ -346,8 +346,9 @@ pub struct Nats {
     pub token: Option<Secret>,
     /// A changing book's snapshot goes out at most this often (and on every replacement).
     pub snapshot_interval_ms: u64,
-    /// Messages each data shard may have waiting for the publisher; beyond, they are dropped
-    /// and counted, and the token's next message is a snapshot.
+    /// Hand-overs (a message, or a batch of what a burst of frames produced) each data shard
+    /// may have waiting for the publisher; beyond, they are dropped and counted, and the
+    /// token's next message is a snapshot.
     pub channel_capacity: usize,
     /// `/ready` answers 503 while NATS is not connected (default: NATS only shows in `/stats`).
     pub required_for_ready: bool,

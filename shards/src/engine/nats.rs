@@ -97,6 +97,9 @@ pub struct NatsStatus {
     pub disconnects: AtomicU64,
     pub republished: AtomicU64,
     pub snapshots_kept: AtomicU64,
+    /// Hand-overs (messages or batches) waiting in the shards' channel, sampled every second:
+    /// a publisher that keeps up holds it near 0.
+    pub backlog: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -234,11 +237,16 @@ async fn run(
             biased;
             _ = stop.recv_async() => break,
             Some(ev) = ev_rx.recv() => p.on_conn(ev).await,
+            // Before the messages: under a steady stream `rx` is always ready, and a tick
+            // after it in this biased order would never run.
+            _ = tick.tick() => {
+                p.status.backlog.store(rx.len() as u64, Ordering::Relaxed);
+                p.on_tick().await;
+            }
             m = rx.recv_async() => match m {
                 Ok(m) => p.on_msg(m).await,
                 Err(_) => break,
             },
-            _ = tick.tick() => p.on_tick().await,
             _ = std::future::ready(()), if republishing => p.republish_some().await,
         }
     }
