@@ -130,6 +130,30 @@ fn bad_gamma_listings_close_nothing_and_ready_tells_why() {
     sim.stop().unwrap();
 }
 
+/// A listing cut short without an error looks complete. Three in a row used to close the
+/// markets past the cut (missing from three "complete" listings, within the 10 % cap) while
+/// they traded; now each candidate is checked with Gamma by condition id first, and kept.
+#[test]
+fn listings_cut_short_close_no_market_past_the_cut() {
+    let sim = sim(24, 40, 200.0);
+    // 37 per page: a listing cut after its first page misses the last ~3 of 40 markets.
+    let engine =
+        engine::start(&engine_config_with(&sim, 40, |c| c.discovery.page_limit = 37)).unwrap();
+    wait_for("all books live", Duration::from_secs(60), || all_books_settled(&engine, 80));
+    let from = stats(&engine)["discovery"]["runs"].as_u64().unwrap_or(0);
+    spoil_listings(&sim, "gamma_truncated", 4);
+    let s = wait_runs(&engine, from, 5);
+    let wrong = wrongly_closed(&engine, &sim);
+    assert!(wrong.is_empty(), "closed while open on the venue: {wrong:?}: {}", s["discovery"]);
+    // Closed and then listed open again by the next good listing would not show above.
+    let d = &stats(&engine)["discovery"];
+    assert_eq!(d["closed"], 0, "closed on absence alone: {d}");
+    assert!(d["kept_open_on_check"].as_u64().unwrap_or(0) >= 1, "no candidate was checked: {d}");
+    assert!(engine.failure().is_none());
+    engine.stop();
+    sim.stop().unwrap();
+}
+
 struct Bomb {
     updates: u64,
 }

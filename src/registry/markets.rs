@@ -103,8 +103,11 @@ impl Refusal {
 #[derive(Debug, Clone, Default)]
 pub struct ListingOutcome {
     pub changes: Changes,
-    /// Markets closed for missing from enough complete listings.
-    pub closed: usize,
+    /// Markets missing from enough complete listings (within the cap): close them with
+    /// [`Registry::close_checked`] once Gamma, asked by condition id, has said which of them
+    /// it still lists open. A listing that ends early without an error looks complete, and
+    /// three such in a row would otherwise close the markets past the cut while they trade.
+    pub to_check: Vec<MarketId>,
     /// Set when the listing-sanity rule refused the listing.
     pub refused: Option<Refusal>,
 }
@@ -124,6 +127,9 @@ pub struct RegistryCounters {
     pub refused_runs: u64,
     /// Markets closed after missing from enough complete listings.
     pub closed: u64,
+    /// Markets missing from enough complete listings that Gamma, asked by id, still listed
+    /// open: kept (the listings were cut short).
+    pub kept_open_on_check: u64,
     /// Markets Gamma, asked by id after a refusal, said are closed.
     pub confirmed_closed: u64,
 }
@@ -190,11 +196,7 @@ impl Registry {
                 .map(|(id, _)| id.clone())
                 .collect();
             match self.absence.observe(&active, &seen, self.cfg.listing) {
-                ListingVerdict::Close(ids) => {
-                    out.closed = ids.len();
-                    self.counters.closed += ids.len() as u64;
-                    out.changes.extend(self.close(&ids, now_ms));
-                }
+                ListingVerdict::Close(ids) => out.to_check = ids,
                 ListingVerdict::Refused { candidates, active } => {
                     self.counters.refused_runs += 1;
                     out.refused = Some(Refusal { candidates, active });
@@ -219,6 +221,21 @@ impl Registry {
             }
         }
         untrack.into_changes(Change::Untrack)
+    }
+
+    /// Closes the markets of a listing's `to_check` except those Gamma, asked by condition
+    /// id, still lists open (`open`); returns the untracks.
+    pub fn close_checked(
+        &mut self,
+        to_check: &[MarketId],
+        open: &HashSet<MarketId>,
+        now_ms: u64,
+    ) -> Changes {
+        let (kept, gone): (Vec<MarketId>, Vec<MarketId>) =
+            to_check.iter().cloned().partition(|id| open.contains(id));
+        self.counters.kept_open_on_check += kept.len() as u64;
+        self.counters.closed += gone.len() as u64;
+        self.close(&gone, now_ms)
     }
 
     /// Closes what Gamma, asked about a refused listing's candidates, said is closed.
@@ -463,7 +480,10 @@ mod tests {
         assert!(r.apply_listing(rest.clone(), true, 10).changes.is_empty());
         assert!(r.apply_listing(rest.clone(), true, 11).changes.is_empty());
         let out = r.apply_listing(rest, true, 12);
-        assert_eq!((untracked(&out.changes), out.closed), (vec!["0x0000"], 1));
+        assert!(out.changes.is_empty(), "nothing closes before Gamma is asked");
+        assert_eq!(out.to_check, vec![MarketId::new("0x0000")]);
+        let changes = r.close_checked(&out.to_check, &HashSet::new(), 12);
+        assert_eq!(untracked(&changes), vec!["0x0000"]);
         let Some(e) = r.get("0x0000") else { panic!("gone before its grace period") };
         assert_eq!((e.state, e.since_ms), (Lifecycle::Closed, 12));
         assert_eq!(r.counters().closed, 1);
@@ -471,6 +491,29 @@ mod tests {
         let out = r.apply_listing(all, true, 13);
         assert_eq!(tracked(&out.changes), vec!["0x0000"]);
         assert_eq!(r.get("0x0000").map(|e| e.state), Some(Lifecycle::Active));
+    }
+
+    /// Three listings in a row cut short without an error (they look complete): the market
+    /// past the cut is a candidate, and stays tracked because Gamma, asked by id, lists it open.
+    #[test]
+    fn a_candidate_gamma_still_lists_open_is_kept() {
+        let mut r = registry(2);
+        let all = universe(50);
+        r.apply_listing(all.clone(), true, 0);
+        let cut = all[..49].to_vec();
+        let mut to_check = Vec::new();
+        for t in 1..=3 {
+            let out = r.apply_listing(cut.clone(), true, t);
+            assert!(out.changes.is_empty());
+            to_check = out.to_check;
+        }
+        assert_eq!(to_check, vec![MarketId::new("0x0049")]);
+        let open: HashSet<MarketId> = to_check.iter().cloned().collect();
+        assert!(r.close_checked(&to_check, &open, 4).is_empty());
+        assert_eq!(r.get("0x0049").map(|e| e.state), Some(Lifecycle::Active));
+        assert_eq!((r.counters().kept_open_on_check, r.counters().closed), (1, 0));
+        // Its absence count starts over.
+        assert_eq!(r.misses("0x0049"), 0);
     }
 
     #[test]
@@ -554,11 +597,13 @@ mod tests {
         // Listed but not selected: presence counts before selection, so it stays.
         assert!(r.apply_listing(universe(3), true, 2).changes.is_empty());
         let out = r.apply_listing(universe(2), true, 3);
-        assert_eq!(untracked(&out.changes), vec!["0x0002"]);
+        assert_eq!(out.to_check, vec![MarketId::new("0x0002")]);
+        assert_eq!(untracked(&r.close_checked(&out.to_check, &HashSet::new(), 3)), vec!["0x0002"]);
     }
 
+    /// A listing tracks what is new at once; what it misses waits for Gamma's answer.
     #[test]
-    fn closes_come_before_tracks_in_one_listing() {
+    fn a_listing_tracks_at_once_and_closes_only_after_the_check() {
         let mut r = Registry::new(RegistryConfig {
             shards: 1,
             listing: ListingRules { absent_runs_max: 1, close_pct_max: 100 },
@@ -566,7 +611,10 @@ mod tests {
         });
         r.apply_listing(universe(2), true, 0);
         let out = r.apply_listing(vec![numbered(1), numbered(5)], true, 1);
-        assert!(matches!(out.changes.as_slice(), [(_, Change::Untrack(_)), (_, Change::Track(_))]));
+        assert!(matches!(out.changes.as_slice(), [(_, Change::Track(_))]));
+        assert_eq!(out.to_check, vec![MarketId::new("0x0000")]);
+        let changes = r.close_checked(&out.to_check, &HashSet::new(), 1);
+        assert!(matches!(changes.as_slice(), [(_, Change::Untrack(_))]));
     }
 
     #[test]

@@ -17,9 +17,11 @@ const END: &str = "2024-01-01T00:00:00Z";
 #[derive(Debug, Clone)]
 enum Op {
     /// Gamma lists these markets (bit i: market i); a truncated listing is not complete.
+    /// Asked by id about the markets the listing would close, Gamma says `open` are open.
     Listing {
         present: u16,
         complete: bool,
+        open: u16,
     },
     Resolve(usize),
     ConfirmClosed(u16),
@@ -31,10 +33,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let set = 0u16..(1 << N);
     prop_oneof![
-        4 => (set.clone(), any::<bool>())
-            .prop_map(|(present, complete)| Op::Listing { present, complete }),
+        4 => (set.clone(), any::<bool>(), prop_oneof![Just(0u16), set.clone()])
+            .prop_map(|(present, complete, open)| Op::Listing { present, complete, open }),
         // Mostly everything listed, so absences are rare and the cap is not always hit.
-        2 => Just(Op::Listing { present: (1 << N) - 1, complete: true }),
+        2 => Just(Op::Listing { present: (1 << N) - 1, complete: true, open: 0 }),
         1 => (0..N).prop_map(Op::Resolve),
         1 => set.clone().prop_map(Op::ConfirmClosed),
         1 => set.prop_map(Op::Add),
@@ -180,14 +182,28 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let before = states(&r);
         match op {
-            Op::Listing { present, complete } => {
+            Op::Listing { present, complete, open } => {
                 let listed = pick(&all, present);
                 let names: HashSet<MarketId> =
                     listed.iter().map(|m| m.condition_id.clone()).collect();
                 let out = r.apply_listing(listed, complete, now);
                 model.apply(&out.changes, setup.shards, &none, false)?;
-                let closed = untracks(&out.changes);
-                prop_assert_eq!(closed.len(), out.closed);
+                prop_assert!(untracks(&out.changes).is_empty(), "closed before Gamma was asked");
+                let open: HashSet<MarketId> =
+                    pick(&all, open).into_iter().map(|m| m.condition_id).collect();
+                let closed_before = r.counters().closed;
+                let checked = r.close_checked(&out.to_check, &open, now);
+                model.apply(&checked, setup.shards, &none, false)?;
+                let closed = untracks(&checked);
+                prop_assert!(
+                    closed.iter().all(|id| !open.contains(*id)),
+                    "closed a market Gamma lists open"
+                );
+                prop_assert_eq!(closed.len() as u64, r.counters().closed - closed_before);
+                prop_assert_eq!(
+                    closed.len() + out.to_check.iter().filter(|id| open.contains(*id)).count(),
+                    out.to_check.len()
+                );
                 prop_assert!(
                     closed.iter().all(|id| !names.contains(*id)),
                     "closed a listed market"

@@ -175,6 +175,37 @@ pub fn closed_markets(
     Ok(closed)
 }
 
+/// Which of `ids` Gamma, asked by condition id, still lists open and tradeable: a market a
+/// listing missed (cut short without an error) is kept if so. An error closes nothing (the
+/// caller keeps every candidate). At most 100 ids per request. Blocking: call it off the
+/// executors.
+pub fn open_markets(
+    base_url: &str,
+    ids: &[polybook::MarketId],
+    limits: &DiscoveryLimits,
+) -> Result<Vec<polybook::MarketId>, DiscoveryError> {
+    let agent = agent(limits);
+    let base = base_url.trim_end_matches('/');
+    let mut run = DiscoveryRun::default();
+    let (mut start, mut n) = (Instant::now(), 0);
+    let mut open = Vec::new();
+    for chunk in ids.chunks(100) {
+        let mut url = format!("{base}/markets/keyset?closed=false&limit={}", chunk.len());
+        for id in chunk {
+            url.push_str("&condition_ids=");
+            url.push_str(&urlencode(id.as_str()));
+        }
+        let body = fetch(&agent, &url, limits, &mut run, &mut start, &mut n)?;
+        let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
+        for m in page.markets.into_iter().flatten() {
+            if m.is_tradeable() && chunk.contains(&m.condition_id) {
+                open.push(m.condition_id);
+            }
+        }
+    }
+    Ok(open)
+}
+
 fn enumerate(
     base_url: &str,
     tag: Option<u64>,

@@ -9,7 +9,7 @@ use polybook::registry::Refusal;
 use polybook::MarketId;
 
 use super::{send_changes, ControlRef};
-use crate::engine::discovery::{closed_markets, discover};
+use crate::engine::discovery::{closed_markets, discover, open_markets};
 use crate::engine::supervise;
 use crate::net::Shutdown;
 
@@ -52,6 +52,9 @@ pub async fn discovery_loop(control: ControlRef, tag_ids: Vec<u64>, stopping: Sh
                     note_refusal(&control, refusal);
                 }
                 send_changes(&control, out.changes).await;
+                if !out.to_check.is_empty() {
+                    close_checked(&control, &stopping, out.to_check).await;
+                }
                 match out.refused {
                     Some(refusal) => {
                         confirm_closed(&control, &stopping, refusal.to_confirm().to_vec()).await;
@@ -104,6 +107,33 @@ fn note_failure(control: &ControlRef, error: String) {
     d.consecutive_failures += 1;
     d.last_error = Some(error);
     d.last_error_at = Some(Instant::now());
+}
+
+/// Markets missing from enough listings are closed unless Gamma, asked by condition id, still
+/// lists them open (the listings were cut short); if Gamma cannot be asked, none is closed
+/// now (their absence counts start over).
+async fn close_checked(control: &ControlRef, stopping: &Shutdown, ids: Vec<MarketId>) {
+    let (url, limits) = (control.gamma_url.clone(), control.gamma_limits.clone());
+    let asked = ids.clone();
+    let answer = off_executor("gamma-check", stopping, move || open_markets(&url, &asked, &limits));
+    let open: hashbrown::HashSet<MarketId> = match answer.await {
+        Blocking::Done(Ok(open)) => open.into_iter().collect(),
+        Blocking::Done(Err(e)) => {
+            tracing::warn!(error = %e, candidates = ids.len(), "cannot check markets to close; none closed");
+            return;
+        }
+        Blocking::Died | Blocking::Stopped => return,
+    };
+    if !open.is_empty() {
+        tracing::warn!(
+            kept = open.len(),
+            candidates = ids.len(),
+            "markets missing from the listings are still open on Gamma: kept"
+        );
+    }
+    let now = control.clock.now_ms();
+    let changes = control.registry.borrow_mut().close_checked(&ids, &open, now);
+    send_changes(control, changes).await;
 }
 
 /// A refused listing's candidates are closed only if Gamma, asked by condition id, says so.
