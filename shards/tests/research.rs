@@ -204,6 +204,24 @@ fn compressed_rotated_recording_replays_exports_and_goes_back_in_time() {
     });
     let last = engine_books(&engine, &tokens);
     assert_ne!(then, last, "the run after the past moment changed nothing");
+    // The recording shows in /stats and /metrics while it runs.
+    wait_for("recording in /stats", Duration::from_secs(10), || {
+        let s = stats(&engine);
+        let shards = s["shards"].as_array().cloned().unwrap_or_default();
+        let rec: Vec<&Value> = shards.iter().map(|sh| &sh["recording"]).collect();
+        let ok = !rec.is_empty()
+            && rec
+                .iter()
+                .all(|r| r["lines_written"].as_u64() > Some(0) && r["files"].as_u64() >= Some(1));
+        let dropped: u64 = rec.iter().filter_map(|r| r["lines_dropped"].as_u64()).sum();
+        if ok && dropped == 0 && rec.iter().all(|r| r["failed"] == false) {
+            Ok(())
+        } else {
+            Err(format!("{rec:?}"))
+        }
+    });
+    let (_, metrics) = get_text(&format!("http://{}/metrics", engine.api_addr()));
+    assert!(metrics.contains("polybook_recording_lines_written_total{shard=\"0\"}"), "{metrics}");
     engine.stop();
     sim.stop().unwrap_or_else(|e| panic!("{e}"));
 

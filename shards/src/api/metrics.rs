@@ -301,6 +301,18 @@ const METRICS: &[Metric] = &[
         Shard(|s| s.stream_dropped),
     ),
     m(
+        "polybook_recording_lines_dropped_total",
+        Counter,
+        "Recording lines lost to a full writer queue (the file says #gap; 0 when not recording)",
+        Shard(|s| s.recording.map_or(0, |r| r.lines_dropped)),
+    ),
+    m(
+        "polybook_recording_lines_written_total",
+        Counter,
+        "Recording lines written (0 when not recording)",
+        Shard(|s| s.recording.map_or(0, |r| r.lines_written)),
+    ),
+    m(
         "polybook_connections",
         Gauge,
         "Connection slots by state",

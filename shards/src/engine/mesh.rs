@@ -88,6 +88,9 @@ pub struct ShardStats {
     /// The shard's side of `[publish.nats]` (None: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsShardStats>,
+    /// The shard's recording (None: not recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingStats>,
     pub apply_ns_p50: u64,
     pub apply_ns_p99: u64,
     pub apply_ns_p999: u64,
@@ -126,6 +129,21 @@ pub struct LatencyBuckets {
     pub cumulative: [u64; APPLY_LATENCY_BOUNDS_NS.len()],
     pub count: u64,
     pub sum_ns: u64,
+}
+
+/// A data shard's recording (`--record DIR`), from the counters its writer thread shares.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RecordingStats {
+    /// Lines handed to the writer thread.
+    pub lines_queued: u64,
+    /// Lines lost to a full writer queue (the file says `#gap` where they were).
+    pub lines_dropped: u64,
+    pub lines_written: u64,
+    /// Bytes of lines written, before compression.
+    pub bytes_in: u64,
+    pub files: u64,
+    /// The writer hit an error and stopped writing.
+    pub failed: bool,
 }
 
 /// What a data shard handed the NATS publisher.

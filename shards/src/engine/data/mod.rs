@@ -128,6 +128,8 @@ struct SocketIo {
 }
 
 struct Shell {
+    /// The recorder's counters (the recorder itself is the group's journal).
+    record_counters: Option<std::sync::Arc<super::record::RecordCounters>>,
     shard: usize,
     group: ConnGroup,
     outputs: Outputs,
@@ -164,10 +166,14 @@ pub async fn run(
 ) {
     let shard_id = cfg.shard;
     let mut group = ConnGroup::new(cfg.conn_config(), cfg.store.clone());
+    let mut record_counters = None;
     if let Some(dir) = cfg.record_dir.as_deref() {
         let settings = polybook::capture::RecordingSettings::of(&cfg.store);
         match Recorder::open(dir, shard_id, &settings, cfg.record_options) {
-            Ok(r) => group.set_journal(Box::new(r)),
+            Ok(r) => {
+                record_counters = Some(std::sync::Arc::clone(&r.counters));
+                group.set_journal(Box::new(r));
+            }
             Err(e) => {
                 tracing::error!(shard = shard_id, error = %e, "cannot record; continuing without")
             }
@@ -176,6 +182,7 @@ pub async fn run(
     let shell = Rc::new(RefCell::new(Shell {
         shard: shard_id,
         group,
+        record_counters,
         outputs: Outputs {
             handler: cfg.handler.as_ref().map(|make| make(shard_id)),
             tap: match &cfg.nats {

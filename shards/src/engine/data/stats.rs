@@ -108,6 +108,17 @@ pub(super) fn stats(sh: &Shell) -> ShardStats {
             dropped: n.dropped,
             snapshots: n.snapshots,
         }),
+        recording: sh.record_counters.as_deref().map(|r| {
+            use std::sync::atomic::Ordering::Relaxed;
+            crate::engine::mesh::RecordingStats {
+                lines_queued: r.lines_queued.load(Relaxed),
+                lines_dropped: r.lines_dropped.load(Relaxed),
+                lines_written: r.lines_written.load(Relaxed),
+                bytes_in: r.bytes_in.load(Relaxed),
+                files: r.files.load(Relaxed),
+                failed: r.failed.load(Relaxed),
+            }
+        }),
         apply_ns_p50: hist.map_or(0, |h| h.value_at_quantile(0.5)),
         apply_ns_p99: hist.map_or(0, |h| h.value_at_quantile(0.99)),
         apply_ns_p999: hist.map_or(0, |h| h.value_at_quantile(0.999)),
