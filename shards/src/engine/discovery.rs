@@ -142,55 +142,42 @@ pub fn lookup(
 
 /// Which of `ids` Gamma, asked by condition id, says are closed (`closed: true`, or no
 /// longer active / accepting orders): positive evidence, so an empty or broken answer closes
-/// nothing. At most 100 ids per request. Blocking: call it off the executors.
+/// nothing. Blocking: call it off the executors.
 pub fn closed_markets(
     base_url: &str,
     ids: &[polybook::MarketId],
     limits: &DiscoveryLimits,
 ) -> Result<Vec<polybook::MarketId>, DiscoveryError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(limits.request_timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let base = base_url.trim_end_matches('/');
-    let mut run = DiscoveryRun::default();
-    let (mut start, mut n) = (Instant::now(), 0);
-    let mut closed = Vec::new();
-    for chunk in ids.chunks(100) {
-        let mut url = format!("{base}/markets/keyset?closed=true&limit={}", chunk.len());
-        for id in chunk {
-            url.push_str("&condition_ids=");
-            url.push_str(&urlencode(id.as_str()));
-        }
-        let body = fetch(&agent, &url, limits, &mut run, &mut start, &mut n)?;
-        let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
-        for m in page.markets.into_iter().flatten() {
-            let asked = chunk.contains(&m.condition_id);
-            if asked && (m.closed || !m.active || !m.accepting_orders) {
-                closed.push(m.condition_id);
-            }
-        }
-    }
-    Ok(closed)
+    by_condition_ids(base_url, ids, true, limits, |m| m.closed || !m.active || !m.accepting_orders)
 }
 
 /// Which of `ids` Gamma, asked by condition id, still lists open and tradeable: a market a
 /// listing missed (cut short without an error) is kept if so. An error closes nothing (the
-/// caller keeps every candidate). At most 100 ids per request. Blocking: call it off the
-/// executors.
+/// caller keeps every candidate). Blocking: call it off the executors.
 pub fn open_markets(
     base_url: &str,
     ids: &[polybook::MarketId],
     limits: &DiscoveryLimits,
 ) -> Result<Vec<polybook::MarketId>, DiscoveryError> {
+    by_condition_ids(base_url, ids, false, limits, GammaMarket::is_tradeable)
+}
+
+/// The ids among `ids` whose market Gamma returns for `closed=…&condition_ids=…` (100 per
+/// request) and `keep` accepts.
+fn by_condition_ids(
+    base_url: &str,
+    ids: &[polybook::MarketId],
+    closed: bool,
+    limits: &DiscoveryLimits,
+    keep: impl Fn(&GammaMarket) -> bool,
+) -> Result<Vec<polybook::MarketId>, DiscoveryError> {
     let agent = agent(limits);
     let base = base_url.trim_end_matches('/');
     let mut run = DiscoveryRun::default();
     let (mut start, mut n) = (Instant::now(), 0);
-    let mut open = Vec::new();
+    let mut found = Vec::new();
     for chunk in ids.chunks(100) {
-        let mut url = format!("{base}/markets/keyset?closed=false&limit={}", chunk.len());
+        let mut url = format!("{base}/markets/keyset?closed={closed}&limit={}", chunk.len());
         for id in chunk {
             url.push_str("&condition_ids=");
             url.push_str(&urlencode(id.as_str()));
@@ -198,12 +185,12 @@ pub fn open_markets(
         let body = fetch(&agent, &url, limits, &mut run, &mut start, &mut n)?;
         let page = parse_keyset_page(&body).map_err(|e| DiscoveryError::Page(e.to_string()))?;
         for m in page.markets.into_iter().flatten() {
-            if m.is_tradeable() && chunk.contains(&m.condition_id) {
-                open.push(m.condition_id);
+            if chunk.contains(&m.condition_id) && keep(&m) {
+                found.push(m.condition_id);
             }
         }
     }
-    Ok(open)
+    Ok(found)
 }
 
 fn enumerate(
