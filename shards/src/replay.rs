@@ -481,23 +481,12 @@ pub fn parse_time_ns(text: &str) -> Result<u64, String> {
         return Err(bad());
     }
     let frac_ns = if frac.is_empty() { 0 } else { num(frac)? * 10i64.pow(9 - frac.len() as u32) };
-    let secs = days_from_civil(y, mo, day) * 86_400 + h * 3600 + mi * 60 + s;
+    let secs = polybook::policy::days_from_civil(y, mo, day) * 86_400 + h * 3600 + mi * 60 + s;
     u64::try_from(secs)
         .ok()
         .and_then(|s| s.checked_mul(1_000_000_000))
         .and_then(|ns| ns.checked_add(frac_ns as u64))
         .ok_or_else(bad)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
