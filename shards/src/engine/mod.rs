@@ -388,7 +388,7 @@ fn start_with(
 type PublisherParts = (
     Option<nats::Publisher>,
     Option<std::sync::Arc<nats::NatsStatus>>,
-    Option<flume::Sender<nats::PubMsg>>,
+    Option<flume::Sender<nats::PubBatch>>,
 );
 
 /// Starts the NATS publisher thread when `[publish.nats] url` is set. It does not wait for

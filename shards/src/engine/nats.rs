@@ -43,21 +43,12 @@ pub enum PubMsg {
     /// The engine dropped the book: the reset goes to the delta and snapshot subjects and the
     /// kept snapshot is forgotten.
     Gone { token: TokenId, text: Arc<str> },
-    /// Everything one shard step produced (a frame's changes, their top-of-book and trades),
-    /// in order: one hand-over, one wake-up of this thread and one write to the server per
-    /// frame instead of one per message (never nested).
-    Batch(Vec<PubMsg>),
 }
 
-impl PubMsg {
-    /// The messages it carries.
-    pub fn count(&self) -> u64 {
-        match self {
-            PubMsg::Batch(v) => v.len() as u64,
-            _ => 1,
-        }
-    }
-}
+/// What a shard hands over at once: the messages a burst of its steps produced (a frame's
+/// changes, their top of book and trades), in order. One hand-over, one wake-up of this
+/// thread and one write to the server per burst instead of one per message.
+pub type PubBatch = Vec<PubMsg>;
 
 /// How to reach the server.
 #[derive(Clone)]
@@ -149,7 +140,7 @@ impl Publisher {
 /// reconnect, with backoff) happens in the background.
 pub fn start(
     settings: NatsSettings,
-    rx: flume::Receiver<PubMsg>,
+    rx: flume::Receiver<PubBatch>,
     status: Arc<NatsStatus>,
     sup: supervise::Supervisor,
 ) -> std::io::Result<Publisher> {
@@ -190,7 +181,7 @@ enum Conn {
 
 async fn run(
     s: NatsSettings,
-    rx: flume::Receiver<PubMsg>,
+    rx: flume::Receiver<PubBatch>,
     status: Arc<NatsStatus>,
     stop: flume::Receiver<()>,
 ) {
@@ -210,7 +201,8 @@ async fn run(
                         _ = stop.recv_async() => return,
                         m = rx.recv_async() => match m {
                             Ok(m) => {
-                                status.dropped_disconnected.fetch_add(m.count(), Ordering::Relaxed);
+                                let n = m.len() as u64;
+                                status.dropped_disconnected.fetch_add(n, Ordering::Relaxed);
                                 drop(m);
                             }
                             Err(_) => return,
@@ -244,7 +236,7 @@ async fn run(
                 p.on_tick().await;
             }
             m = rx.recv_async() => match m {
-                Ok(m) => p.on_msg(m).await,
+                Ok(m) => p.on_batch(m).await,
                 Err(_) => break,
             },
             _ = std::future::ready(()), if republishing => p.republish_some().await,
@@ -252,7 +244,7 @@ async fn run(
     }
     // What the shards sent before stopping goes out if the server is there.
     while let Ok(m) = rx.try_recv() {
-        p.on_msg(m).await;
+        p.on_batch(m).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), p.client.flush()).await;
 }
@@ -395,25 +387,14 @@ impl Pub {
         }
     }
 
-    async fn on_msg(&mut self, m: PubMsg) {
-        match m {
-            PubMsg::Batch(v) => {
-                for m in v {
-                    self.on_one(m).await;
-                }
-            }
-            m => self.on_one(m).await,
+    async fn on_batch(&mut self, batch: PubBatch) {
+        for m in batch {
+            self.on_msg(m).await;
         }
     }
 
-    async fn on_one(&mut self, m: PubMsg) {
+    async fn on_msg(&mut self, m: PubMsg) {
         match m {
-            // Shards never nest batches; one would be taken apart all the same.
-            PubMsg::Batch(v) => {
-                for m in v {
-                    Box::pin(self.on_one(m)).await;
-                }
-            }
             PubMsg::Delta { token, text, snapshot } => {
                 if snapshot {
                     self.keep(&token, &text);

@@ -61,7 +61,7 @@ pub struct DataShardConfig {
     /// A socket with no data frame for this long marks its Live books Stale.
     pub stale_after: Duration,
     /// `[publish.nats]`: the publisher's channel and the snapshot interval (None: off).
-    pub nats: Option<(flume::Sender<crate::engine::nats::PubMsg>, Duration)>,
+    pub nats: Option<(flume::Sender<crate::engine::nats::PubBatch>, Duration)>,
 }
 
 impl DataShardConfig {

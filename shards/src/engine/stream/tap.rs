@@ -15,7 +15,7 @@ use polybook::store::BookUpdate;
 use polybook::{Book, Price, Size, TokenId};
 
 use super::StreamMsg;
-use crate::engine::nats::PubMsg;
+use crate::engine::nats::{PubBatch, PubMsg};
 
 /// One token's sequence and what its outputs need.
 #[derive(Default)]
@@ -31,7 +31,7 @@ struct Tok {
 
 /// The NATS side of the tap.
 struct NatsOut {
-    tx: flume::Sender<PubMsg>,
+    tx: flume::Sender<PubBatch>,
     interval_ms: u64,
     /// Tokens changed since their last snapshot, with when the next one is due.
     due: HashMap<TokenId, u64>,
@@ -147,7 +147,7 @@ impl StreamTap {
 
     /// Publish every token to NATS through `tx`, with a snapshot of a changing book at most
     /// every `interval_ms`.
-    pub fn with_nats(mut self, tx: flume::Sender<PubMsg>, interval_ms: u64) -> StreamTap {
+    pub fn with_nats(mut self, tx: flume::Sender<PubBatch>, interval_ms: u64) -> StreamTap {
         self.nats = Some(NatsOut {
             tx,
             interval_ms,
@@ -425,7 +425,6 @@ impl StreamTap {
 }
 
 impl NatsOut {
-    /// Hands a message to the publisher without waiting: a full channel drops it (counted).
     /// Queues a message for this step's batch; `false` (dropped, counted) when the publisher's
     /// channel is full now, so the caller marks the gap as it happens.
     fn offer(&mut self, msg: PubMsg) -> bool {
@@ -438,24 +437,15 @@ impl NatsOut {
         true
     }
 
-    /// Hands the step's messages over: one alone, several as a batch. If the channel filled
-    /// up meanwhile (other shards share it), they are dropped, counted, and their tokens'
-    /// next messages are snapshots.
+    /// Hands the queued messages over as one batch. If the channel filled up meanwhile (other
+    /// shards share it), they are dropped, counted, and their tokens' next messages are
+    /// snapshots.
     fn flush(&mut self) {
-        let msg = match self.pending.len() {
-            0 => return,
-            1 => match self.pending.pop() {
-                Some(m) => m,
-                None => return,
-            },
-            _ => PubMsg::Batch(std::mem::take(&mut self.pending)),
-        };
-        let Err(e) = self.tx.try_send(msg) else { return };
-        let lost = match e.into_inner() {
-            PubMsg::Batch(v) => v,
-            m => vec![m],
-        };
-        for m in lost {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Err(e) = self.tx.try_send(std::mem::take(&mut self.pending)) else { return };
+        for m in e.into_inner() {
             self.sent -= 1;
             self.dropped += 1;
             match m {
@@ -466,7 +456,7 @@ impl NatsOut {
                 }
                 // A lost reset: the token is gone from the tap; consumers learn of it from
                 // the snapshot subject's next value, if the market comes back.
-                PubMsg::Gone { .. } | PubMsg::Trade { .. } | PubMsg::Batch(_) => {}
+                PubMsg::Gone { .. } | PubMsg::Trade { .. } => {}
             }
         }
     }
@@ -564,16 +554,18 @@ mod tests {
         }
     }
 
-    /// What a NATS message says: (kind, snapshot?) for deltas, the other kinds by name.
-    fn kinds(m: &PubMsg) -> Vec<(&'static str, bool)> {
-        match m {
-            PubMsg::Batch(v) => v.iter().flat_map(kinds).collect(),
-            PubMsg::Delta { snapshot, .. } => vec![("delta", *snapshot)],
-            PubMsg::Snapshot { .. } => vec![("snapshot", true)],
-            PubMsg::Bbo { .. } => vec![("bbo", false)],
-            PubMsg::Trade { .. } => vec![("trade", false)],
-            PubMsg::Gone { .. } => vec![("gone", false)],
-        }
+    /// What a hand-over's messages say: (kind, snapshot?) for deltas, the other kinds by name.
+    fn kinds(batch: &PubBatch) -> Vec<(&'static str, bool)> {
+        batch
+            .iter()
+            .map(|m| match m {
+                PubMsg::Delta { snapshot, .. } => ("delta", *snapshot),
+                PubMsg::Snapshot { .. } => ("snapshot", true),
+                PubMsg::Bbo { .. } => ("bbo", false),
+                PubMsg::Trade { .. } => ("trade", false),
+                PubMsg::Gone { .. } => ("gone", false),
+            })
+            .collect()
     }
 
     /// A step's NATS messages wait for `flush_nats` and leave as one batch; a batch the
@@ -601,7 +593,7 @@ mod tests {
         assert!(rx.is_empty(), "nothing leaves before the step ends");
         assert_eq!(tap.nats_pending(), 3, "two deltas and one top of book");
         tap.flush_nats();
-        let got: Vec<PubMsg> = rx.try_iter().collect();
+        let got: Vec<PubBatch> = rx.try_iter().collect();
         assert_eq!(got.len(), 1, "one hand-over");
         assert_eq!(kinds(&got[0]), [("delta", false), ("bbo", false), ("delta", false)]);
 
@@ -609,7 +601,7 @@ mod tests {
         book.set_level(polybook::Side::Buy, Price::parse("0.4").unwrap(), Size::ZERO);
         tap.on_update(&level("0.4", "0"), &book);
         assert_eq!(tap.nats_pending(), 1);
-        let filler = PubMsg::Trade { market: MarketId::new("x"), text: Arc::from("{}") };
+        let filler = vec![PubMsg::Trade { market: MarketId::new("x"), text: Arc::from("{}") }];
         other_shard.try_send(filler).unwrap();
         tap.flush_nats();
         let c = tap.nats_counters().unwrap();
@@ -625,7 +617,7 @@ mod tests {
         );
         tap.on_update(&level("0.3", "1"), &book);
         tap.flush_nats();
-        let got: Vec<PubMsg> = rx.try_iter().collect();
+        let got: Vec<PubBatch> = rx.try_iter().collect();
         assert_eq!(got.len(), 1);
         assert_eq!(kinds(&got[0])[0], ("delta", true));
         assert!(tap.gaps().is_empty());
